@@ -1,0 +1,27 @@
+"""mPLUG for Hugging Face transformers. Importing the package registers it with the Auto classes."""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor, AutoTokenizer, BertTokenizer
+
+from .configuration_mplug import MPLUGConfig, MPLUGTextConfig, MPLUGVisionConfig
+from .image_processing_mplug import MPLUGImageProcessor
+from .modeling_mplug import MPLUGModel, MPLUGPreTrainedModel, MPLUGVisionModel
+from .processing_mplug import MPLUGProcessor, default_tokenizer
+
+
+AutoConfig.register(MPLUGConfig.model_type, MPLUGConfig, exist_ok=True)
+AutoModel.register(MPLUGConfig, MPLUGModel, exist_ok=True)
+AutoTokenizer.register(MPLUGConfig, tokenizer_class=BertTokenizer, exist_ok=True)
+AutoImageProcessor.register(MPLUGConfig, image_processor_classes={"pil": MPLUGImageProcessor}, exist_ok=True)
+AutoProcessor.register(MPLUGConfig, MPLUGProcessor, exist_ok=True)
+
+__all__ = [
+    "MPLUGConfig",
+    "MPLUGImageProcessor",
+    "MPLUGModel",
+    "MPLUGPreTrainedModel",
+    "MPLUGProcessor",
+    "MPLUGTextConfig",
+    "MPLUGVisionConfig",
+    "MPLUGVisionModel",
+    "default_tokenizer",
+]

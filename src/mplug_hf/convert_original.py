@@ -1,0 +1,395 @@
+"""
+Conversion of original mPLUG checkpoints (AliceMind `.pth`, ModelScope folders) to `mplug_hf` models.
+
+Every source key is either mapped to a key of the target model or dropped by one of the documented rules in
+`DROP_RULES`; anything else — and any target key left without a source — is an error listing the keys.
+
+Key mapping (original → ours), after removing the pretraining infixes `text_encoder.bert.` → `text_encoder.` and
+`fusion_encoder.fusion.` → `fusion_encoder.`:
+
+| original | ours |
+|---|---|
+| `visual_encoder.visual.conv1.weight` | `…vision_model.embeddings.patch_embedding.weight` |
+| `visual_encoder.visual.{class_embedding, positional_embedding}` | `…embeddings.{class_embedding, position_embedding}` (resized bilinearly to the target grid) |
+| `visual_encoder.visual.ln_pre / ln_post` | `…pre_layernorm / post_layernorm` |
+| `…resblocks.N.attn.in_proj_{weight,bias}` (rows q, k, v) | `…layers.N.self_attn.{q,k,v}_proj` |
+| `…resblocks.N.{attn.out_proj, ln_1, ln_2, mlp.c_fc, mlp.c_proj}` | `…layers.N.{self_attn.o_proj, layer_norm1, layer_norm2, mlp.fc1, mlp.fc2}` |
+| `visn_fc / visn_layer_norm` (large) | `…vision_model.projection.{dense, layer_norm}` |
+| BERT `encoder.layer.N.attention.self.{query,key,value}` / `attention.output.{dense,LayerNorm}` | `layers.N.self_attn.{q,k,v,o}_proj` / `self_attn_layer_norm` |
+| BERT `crossattention.*` | `cross_attn.*`, `cross_attn_layer_norm` |
+| BERT `intermediate.dense / output.dense / output.LayerNorm` | `mlp.fc1 / mlp.fc2 / final_layer_norm` |
+| `fusion_encoder.encoder.layer.{start + j}` | `…fusion_encoder.layers.j` (start = stored layers − fusion_layers) |
+| `text_decoder.bert.*` / `text_decoder.cls.predictions.{transform.dense, transform.LayerNorm, bias}` | `text_decoder.model.*` / `text_decoder.lm_head.{dense, layer_norm, decoder.bias}` |
+| `vision_proj, text_proj, itm_head, temp` | same names |
+"""
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .configuration_mplug import MPLUGConfig, MPLUGTextConfig, MPLUGVisionConfig
+from .modeling_mplug import resize_position_embedding
+
+
+TASKS = ("vqa", "caption", "retrieval", "grounding", "pretrain")
+
+
+class CheckpointConversionError(ValueError):
+    """Raised when a checkpoint cannot be converted faithfully (unknown, missing or inconsistent keys)."""
+
+
+def load_original_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    """
+    Read an original checkpoint without executing pickled code (`torch.load(weights_only=True)`). Accepts a `.pth`/`.bin`
+    file or a ModelScope folder holding `pytorch_model.bin`; unwraps `{'model': …}` / `{'module': …}` and ModelScope's
+    `model.` key prefix.
+    """
+    if os.path.isdir(path):
+        candidates = [os.path.join(path, name) for name in ("pytorch_model.bin", "pytorch_model.pt", "model.pth")]
+        found = [c for c in candidates if os.path.isfile(c)]
+        if not found:
+            raise CheckpointConversionError(f"{path} is a folder without pytorch_model.bin")
+        path = found[0]
+    if not os.path.isfile(path):
+        raise CheckpointConversionError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
+        raise CheckpointConversionError(
+            f"cannot read {path} with torch.load(weights_only=True): {error}. The file is truncated/corrupt, or it "
+            "pickles objects other than tensors; re-save it as a plain state dict (we never execute pickled code)."
+        ) from error
+    for wrapper in ("model", "module", "state_dict"):
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(wrapper), dict):
+            checkpoint = checkpoint[wrapper]
+    if not isinstance(checkpoint, dict) or not all(torch.is_tensor(v) for v in checkpoint.values()):
+        raise CheckpointConversionError(f"{path} does not hold a state dict of tensors")
+    if all(key.startswith("model.") for key in checkpoint):
+        checkpoint = {key[len("model.") :]: value for key, value in checkpoint.items()}
+    return checkpoint
+
+
+def strip_pretraining_infixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`text_encoder.bert.*` → `text_encoder.*`, `fusion_encoder.fusion.*` → `fusion_encoder.*` (also `_m` copies)."""
+    renamed = {}
+    for key, value in state_dict.items():
+        key = re.sub(r"^(text_encoder(?:_m)?)\.bert\.", r"\1.", key)
+        key = re.sub(r"^(fusion_encoder(?:_m)?)\.fusion\.", r"\1.", key)
+        renamed[key] = value
+    return renamed
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Configuration inferred from the weights
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _count_layers(state_dict: dict[str, torch.Tensor], pattern: str) -> int:
+    indices = {int(m.group(1)) for key in state_dict if (m := re.match(pattern, key))}
+    return max(indices) + 1 if indices else 0
+
+
+def infer_config(
+    state_dict: dict[str, torch.Tensor],
+    bert_config: dict | None = None,
+    image_size: int | None = None,
+) -> MPLUGConfig:
+    """
+    Build an [`MPLUGConfig`] from the tensors' shapes and the original `config_bert.json` (for the fusion schedule,
+    head counts and dropout, which weights do not reveal). Without `bert_config`, the schedule of the released models
+    is assumed from the ViT width (768: base, S=3; 1024: large, S=6; 6 fusion layers).
+    """
+    conv = state_dict["visual_encoder.visual.conv1.weight"]
+    vision_width, patch_size = conv.shape[0], conv.shape[-1]
+    stored_grid = state_dict["visual_encoder.visual.positional_embedding"].shape[0] - 1
+    if image_size is None:
+        image_size = int(round(stored_grid**0.5)) * patch_size
+    vision = MPLUGVisionConfig(
+        hidden_size=vision_width,
+        intermediate_size=state_dict["visual_encoder.visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        num_hidden_layers=_count_layers(state_dict, r"visual_encoder\.visual\.transformer\.resblocks\.(\d+)\."),
+        num_attention_heads=max(vision_width // 64, 1),
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    word_embeddings = state_dict.get(
+        "text_encoder.embeddings.word_embeddings.weight",
+        state_dict.get("text_decoder.bert.embeddings.word_embeddings.weight"),
+    )
+    hidden_size = word_embeddings.shape[1]
+    bert_config = dict(bert_config or {})
+    intermediate_key = next(k for k in state_dict if k.endswith("encoder.layer.0.intermediate.dense.weight"))
+    text = MPLUGTextConfig(
+        vocab_size=word_embeddings.shape[0],
+        hidden_size=hidden_size,
+        num_attention_heads=bert_config.get("num_attention_heads", max(hidden_size // 64, 1)),
+        intermediate_size=state_dict[intermediate_key].shape[0],
+        max_position_embeddings=state_dict[intermediate_key.split("encoder.layer")[0] + "embeddings.position_embeddings.weight"].shape[0]
+        if intermediate_key.split("encoder.layer")[0] + "embeddings.position_embeddings.weight" in state_dict
+        else bert_config.get("max_position_embeddings", 512),
+        layer_norm_eps=bert_config.get("layer_norm_eps", 1e-12),
+        hidden_dropout_prob=bert_config.get("hidden_dropout_prob", 0.1),
+        attention_probs_dropout_prob=bert_config.get("attention_probs_dropout_prob", 0.1),
+        type_vocab_size=bert_config.get("type_vocab_size", 2),
+    )
+    is_large = vision_width != hidden_size
+    stored_fusion = _count_layers(state_dict, r"fusion_encoder\.encoder\.layer\.(\d+)\.")
+    text_encoder_layers = _count_layers(state_dict, r"text_encoder\.encoder\.layer\.(\d+)\.")
+    decoder_layers = _count_layers(state_dict, r"text_decoder\.bert\.encoder\.layer\.(\d+)\.")
+    config = MPLUGConfig(
+        vision_config=vision,
+        text_config=text,
+        text_encoder_layers=text_encoder_layers or bert_config.get("text_encoder_layers", 6),
+        fusion_layers=bert_config.get("fusion_layers", min(6, stored_fusion) if stored_fusion else 6),
+        stride_layer=bert_config.get("stride_layer", 6 if is_large else 3),
+        decoder_layers=decoder_layers or bert_config.get("text_decode_layers", 12),
+        embed_dim=state_dict["vision_proj.weight"].shape[0] if "vision_proj.weight" in state_dict else 256,
+    )
+    return config
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Key mapping
+# ----------------------------------------------------------------------------------------------------------------------
+
+_BERT_LAYER_RENAMES = [
+    ("attention.self.query.", "self_attn.q_proj."),
+    ("attention.self.key.", "self_attn.k_proj."),
+    ("attention.self.value.", "self_attn.v_proj."),
+    ("attention.output.dense.", "self_attn.o_proj."),
+    ("attention.output.LayerNorm.", "self_attn_layer_norm."),
+    ("crossattention.self.query.", "cross_attn.q_proj."),
+    ("crossattention.self.key.", "cross_attn.k_proj."),
+    ("crossattention.self.value.", "cross_attn.v_proj."),
+    ("crossattention.output.dense.", "cross_attn.o_proj."),
+    ("crossattention.output.LayerNorm.", "cross_attn_layer_norm."),
+    ("intermediate.dense.", "mlp.fc1."),
+    ("output.dense.", "mlp.fc2."),
+    ("output.LayerNorm.", "final_layer_norm."),
+]
+
+_CLIP_LAYER_RENAMES = [
+    ("attn.out_proj.", "self_attn.o_proj."),
+    ("ln_1.", "layer_norm1."),
+    ("ln_2.", "layer_norm2."),
+    ("mlp.c_fc.", "mlp.fc1."),
+    ("mlp.c_proj.", "mlp.fc2."),
+]
+
+
+def _rename_bert_layer(rest: str) -> str | None:
+    for old, new in _BERT_LAYER_RENAMES:
+        if rest.startswith(old):
+            return new + rest[len(old) :]
+    return None
+
+
+def _rename_bert_embeddings(rest: str) -> str | None:
+    if rest == "position_ids":
+        return None
+    if re.match(r"(word_embeddings|position_embeddings|token_type_embeddings|LayerNorm)\.(weight|bias)$", rest):
+        return rest
+    return None
+
+
+@dataclass
+class ConversionReport:
+    """What happened to every source key."""
+
+    mapped: dict[str, str] = field(default_factory=dict)  # source key -> target key
+    dropped: dict[str, str] = field(default_factory=dict)  # source key -> rule that dropped it
+    unknown: list[str] = field(default_factory=list)
+
+
+# Documented rules for source keys that have no counterpart in a converted model.
+DROP_RULES: list[tuple[str, Callable[[str], bool]]] = [
+    ("momentum copy (training only; kept with keep_momentum=True)", lambda k: re.match(r"^\w+_m\.", k) is not None),
+    ("momentum queue / pointer (training only)", lambda k: k in ("image_queue", "text_queue", "idx_queue", "queue_ptr")),
+    (
+        "CLIP text tower and projection (unused by mPLUG)",
+        lambda k: k.startswith("visual_encoder.") and not k.startswith("visual_encoder.visual.")
+        or k == "visual_encoder.visual.proj",
+    ),
+    ("BERT position_ids buffer (recomputed)", lambda k: k.endswith("embeddings.position_ids")),
+    ("fusion embeddings (never used by the fusion forward pass)", lambda k: k.startswith("fusion_encoder.embeddings.")),
+    ("fusion MLM head of pretraining (not part of the released task models)", lambda k: k.startswith("fusion_encoder.cls.")),
+    (
+        "grounding buffers (derived from config.box_prefix_token_id / box_bin_start_token_id / num_box_bins)",
+        lambda k: k in ("prefix_ids", "target_ids", "bbox_prob_mask"),
+    ),
+]
+
+
+def _drop_reason(key: str) -> str | None:
+    for reason, rule in DROP_RULES:
+        if rule(key):
+            return reason
+    return None
+
+
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    config: MPLUGConfig,
+    prefixes: dict[str, str | None],
+) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    """
+    Map an original state dict (infixes already stripped) to our key names.
+
+    Args:
+        state_dict: original tensors.
+        config: the target configuration (fusion schedule, image size).
+        prefixes: target prefix per original component: `visual`, `text_encoder`, `fusion_encoder`, `text_decoder`,
+            `heads` (vision_proj/text_proj/itm_head/temp). A component mapped to None is dropped as unused by the task
+            (e.g. the caption model's text encoder and fusion).
+    Returns:
+        the converted tensors (cloned, contiguous) and a report of every key.
+    """
+    report = ConversionReport()
+    converted: dict[str, torch.Tensor] = {}
+    stored_fusion = _count_layers(state_dict, r"fusion_encoder\.encoder\.layer\.(\d+)\.")
+    fusion_start = stored_fusion - config.fusion_layers
+    if fusion_start < 0:
+        raise CheckpointConversionError(
+            f"config.fusion_layers={config.fusion_layers} but the checkpoint stores only {stored_fusion} fusion layers"
+        )
+    num_patches = config.vision_config.num_patches
+
+    def put(source: str, target: str, value: torch.Tensor):
+        converted[target] = value.detach().clone().contiguous()
+        report.mapped[source] = target
+
+    def drop(source: str, reason: str):
+        report.dropped[source] = reason
+
+    for key, value in state_dict.items():
+        component = key.split(".", 1)[0]
+        if component in ("vision_proj", "text_proj", "itm_head", "temp"):
+            component = "heads"
+        if component in ("visn_fc", "visn_layer_norm"):
+            component = "visual"
+        if key.startswith("visual_encoder.visual."):
+            component = "visual"
+        if component in prefixes and prefixes[component] is None:
+            reason = _drop_reason(key)
+            drop(key, reason or f"{component} is not used by this task's forward pass")
+            continue
+        reason = _drop_reason(key)
+        if reason is not None:
+            drop(key, reason)
+            continue
+        target = None
+        if component == "visual":
+            target = _map_visual(key, value, prefixes["visual"], num_patches, put)
+        elif component == "text_encoder" and prefixes.get("text_encoder") is not None:
+            rest = key[len("text_encoder.") :]
+            target = _map_bert(rest, prefixes["text_encoder"])
+        elif component == "fusion_encoder" and prefixes.get("fusion_encoder") is not None:
+            match = re.match(r"fusion_encoder\.encoder\.layer\.(\d+)\.(.*)$", key)
+            if match:
+                stored, rest = int(match.group(1)), match.group(2)
+                j = stored - fusion_start
+                if j < 0:
+                    drop(key, f"fusion layer {stored} is below the first running layer {fusion_start}")
+                    continue
+                if config.is_connected_fusion_layer(j) and rest.startswith("crossattention."):
+                    drop(key, f"cross-attention of connected fusion layer j={j} (never used)")
+                    continue
+                renamed = _rename_bert_layer(rest)
+                target = f"{prefixes['fusion_encoder']}layers.{j}.{renamed}" if renamed else None
+        elif component == "text_decoder" and prefixes.get("text_decoder") is not None:
+            target = _map_decoder(key, state_dict, prefixes["text_decoder"], drop)
+            if target == "":
+                continue
+        elif component == "heads" and prefixes.get("heads") is not None:
+            target = prefixes["heads"] + key
+        if target is None:
+            report.unknown.append(key)
+        elif target != "<visual>":
+            put(key, target, value)
+
+    if report.unknown:
+        raise CheckpointConversionError(
+            f"{len(report.unknown)} checkpoint keys have no mapping and no drop rule: {sorted(report.unknown)}"
+        )
+    return converted, report
+
+
+def _map_visual(key, value, prefix, num_patches, put) -> str | None:
+    if key.startswith("visn_fc."):
+        return prefix + "projection.dense." + key[len("visn_fc.") :]
+    if key.startswith("visn_layer_norm."):
+        return prefix + "projection.layer_norm." + key[len("visn_layer_norm.") :]
+    rest = key[len("visual_encoder.visual.") :]
+    simple = {
+        "conv1.weight": "embeddings.patch_embedding.weight",
+        "class_embedding": "embeddings.class_embedding",
+        "ln_pre.weight": "pre_layernorm.weight",
+        "ln_pre.bias": "pre_layernorm.bias",
+        "ln_post.weight": "post_layernorm.weight",
+        "ln_post.bias": "post_layernorm.bias",
+    }
+    if rest in simple:
+        return prefix + simple[rest]
+    if rest == "positional_embedding":
+        put(key, prefix + "embeddings.position_embedding", resize_position_embedding(value, num_patches))
+        return "<visual>"
+    match = re.match(r"transformer\.resblocks\.(\d+)\.(.*)$", rest)
+    if not match:
+        return None
+    layer, sub = match.group(1), match.group(2)
+    if sub in ("attn.in_proj_weight", "attn.in_proj_bias"):
+        kind = sub.rsplit("_", 1)[1]
+        for name, chunk in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+            put(key if name == "q_proj" else f"{key}[{name}]", f"{prefix}layers.{layer}.self_attn.{name}.{kind}", chunk)
+        return "<visual>"
+    for old, new in _CLIP_LAYER_RENAMES:
+        if sub.startswith(old):
+            return f"{prefix}layers.{layer}.{new}{sub[len(old):]}"
+    return None
+
+
+def _map_bert(rest: str, prefix: str) -> str | None:
+    if rest.startswith("embeddings."):
+        renamed = _rename_bert_embeddings(rest[len("embeddings.") :])
+        return prefix + "embeddings." + renamed if renamed else None
+    match = re.match(r"encoder\.layer\.(\d+)\.(.*)$", rest)
+    if match:
+        renamed = _rename_bert_layer(match.group(2))
+        return f"{prefix}layers.{match.group(1)}.{renamed}" if renamed else None
+    return None
+
+
+def _map_decoder(key, state_dict, prefix, drop) -> str | None:
+    rest = key[len("text_decoder.") :]
+    if rest.startswith("bert."):
+        return _map_bert(rest[len("bert.") :], prefix + "model.")
+    head = {
+        "cls.predictions.transform.dense.weight": "lm_head.dense.weight",
+        "cls.predictions.transform.dense.bias": "lm_head.dense.bias",
+        "cls.predictions.transform.LayerNorm.weight": "lm_head.layer_norm.weight",
+        "cls.predictions.transform.LayerNorm.bias": "lm_head.layer_norm.bias",
+        "cls.predictions.bias": "lm_head.decoder.bias",
+    }
+    if rest in head:
+        return prefix + head[rest]
+    tied = {
+        "cls.predictions.decoder.weight": "text_decoder.bert.embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "text_decoder.cls.predictions.bias",
+    }
+    if rest in tied:
+        if not torch.equal(state_dict[key], state_dict[tied[rest]]):
+            raise CheckpointConversionError(f"{key} differs from {tied[rest]} but the model ties them")
+        drop(key, f"tied to {tied[rest]}")
+        return ""
+    return None
+
+
+def read_bert_config(path: str | None) -> dict | None:
+    if path is None:
+        return None
+    with open(path) as handle:
+        return json.load(handle)
