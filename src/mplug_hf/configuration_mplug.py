@@ -110,7 +110,7 @@ class MPLUGConfig(PreTrainedConfig):
         stride_layer (`int`): the skip-connection stride S (see above).
         decoder_layers (`int`): depth of the BERT decoder.
         embed_dim (`int`): size of the image-text contrastive (ITC) projections.
-        temperature (`float`): initial ITC temperature.
+        contrastive_temperature (`float`): initial ITC temperature (`temp` of the original).
         box_prefix_token_id (`int`): token that starts a box (`[unused339]` = 344 in bert-base-uncased).
         box_bin_start_token_id (`int`): token of coordinate bin 0 (`[unused340]` = 345).
         num_box_bins (`int`): coordinate bins; bin b encodes b / (num_box_bins - 1) (the original: 337 bins over 336).
@@ -127,7 +127,7 @@ class MPLUGConfig(PreTrainedConfig):
     stride_layer: int = 3
     decoder_layers: int = 12
     embed_dim: int = 256
-    temperature: float = 0.07
+    contrastive_temperature: float = 0.07
     box_prefix_token_id: int = 344
     box_bin_start_token_id: int = 345
     num_box_bins: int = 337

@@ -128,7 +128,9 @@ def infer_config(
         hidden_size=hidden_size,
         num_attention_heads=bert_config.get("num_attention_heads", max(hidden_size // 64, 1)),
         intermediate_size=state_dict[intermediate_key].shape[0],
-        max_position_embeddings=state_dict[intermediate_key.split("encoder.layer")[0] + "embeddings.position_embeddings.weight"].shape[0]
+        max_position_embeddings=state_dict[
+            intermediate_key.split("encoder.layer")[0] + "embeddings.position_embeddings.weight"
+        ].shape[0]
         if intermediate_key.split("encoder.layer")[0] + "embeddings.position_embeddings.weight" in state_dict
         else bert_config.get("max_position_embeddings", 512),
         layer_norm_eps=bert_config.get("layer_norm_eps", 1e-12),
@@ -208,15 +210,27 @@ class ConversionReport:
 # Documented rules for source keys that have no counterpart in a converted model.
 DROP_RULES: list[tuple[str, Callable[[str], bool]]] = [
     ("momentum copy (training only; kept with keep_momentum=True)", lambda k: re.match(r"^\w+_m\.", k) is not None),
-    ("momentum queue / pointer (training only)", lambda k: k in ("image_queue", "text_queue", "idx_queue", "queue_ptr")),
+    (
+        "momentum queue / pointer (training only)",
+        lambda k: k in ("image_queue", "text_queue", "idx_queue", "queue_ptr"),
+    ),
     (
         "CLIP text tower and projection (unused by mPLUG)",
-        lambda k: k.startswith("visual_encoder.") and not k.startswith("visual_encoder.visual.")
-        or k == "visual_encoder.visual.proj",
+        lambda k: (
+            k.startswith("visual_encoder.")
+            and not k.startswith("visual_encoder.visual.")
+            or k == "visual_encoder.visual.proj"
+        ),
     ),
     ("BERT position_ids buffer (recomputed)", lambda k: k.endswith("embeddings.position_ids")),
-    ("fusion embeddings (never used by the fusion forward pass)", lambda k: k.startswith("fusion_encoder.embeddings.")),
-    ("fusion MLM head of pretraining (not part of the released task models)", lambda k: k.startswith("fusion_encoder.cls.")),
+    (
+        "fusion embeddings (never used by the fusion forward pass)",
+        lambda k: k.startswith("fusion_encoder.embeddings."),
+    ),
+    (
+        "fusion MLM head of pretraining (not part of the released task models)",
+        lambda k: k.startswith("fusion_encoder.cls."),
+    ),
     (
         "grounding buffers (derived from config.box_prefix_token_id / box_bin_start_token_id / num_box_bins)",
         lambda k: k in ("prefix_ids", "target_ids", "bbox_prob_mask"),
@@ -344,11 +358,13 @@ def _map_visual(key, value, prefix, num_patches, put) -> str | None:
     if sub in ("attn.in_proj_weight", "attn.in_proj_bias"):
         kind = sub.rsplit("_", 1)[1]
         for name, chunk in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
-            put(key if name == "q_proj" else f"{key}[{name}]", f"{prefix}layers.{layer}.self_attn.{name}.{kind}", chunk)
+            put(
+                key if name == "q_proj" else f"{key}[{name}]", f"{prefix}layers.{layer}.self_attn.{name}.{kind}", chunk
+            )
         return "<visual>"
     for old, new in _CLIP_LAYER_RENAMES:
         if sub.startswith(old):
-            return f"{prefix}layers.{layer}.{new}{sub[len(old):]}"
+            return f"{prefix}layers.{layer}.{new}{sub[len(old) :]}"
     return None
 
 
@@ -393,3 +409,174 @@ def read_bert_config(path: str | None) -> dict | None:
         return None
     with open(path) as handle:
         return json.load(handle)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Whole-checkpoint conversion
+# ----------------------------------------------------------------------------------------------------------------------
+
+_ENCODER = {
+    "visual": "mplug.vision_model.",
+    "text_encoder": "mplug.text_encoder.",
+    "fusion_encoder": "mplug.fusion_encoder.",
+}
+# Target prefixes per task; None = the component is dropped because the task's forward pass never uses it.
+TASK_PREFIXES = {
+    "vqa": {**_ENCODER, "text_decoder": "text_decoder.", "heads": None},
+    "caption": {
+        "visual": "vision_model.",
+        "text_encoder": None,
+        "fusion_encoder": None,
+        "text_decoder": "text_decoder.",
+        "heads": None,
+    },
+    "retrieval": {**_ENCODER, "text_decoder": None, "heads": ""},
+    "grounding": {**_ENCODER, "text_decoder": "text_decoder.", "heads": None},
+    "pretrain": {**_ENCODER, "text_decoder": "text_decoder.", "heads": ""},
+}
+# Original decoding settings, saved as the converted model's generation_config.json.
+TASK_GENERATION = {
+    "vqa": {"num_beams": 5, "min_length": 1, "max_length": 10},
+    "caption": {"num_beams": 5, "min_length": 8, "max_length": 25},
+}
+
+
+def task_model_class(task: str):
+    from . import modeling_mplug
+
+    classes = {
+        "vqa": modeling_mplug.MPLUGForQuestionAnswering,
+        "caption": modeling_mplug.MPLUGForCaptioning,
+        "retrieval": modeling_mplug.MPLUGForRetrieval,
+        "grounding": modeling_mplug.MPLUGForGrounding,
+        "pretrain": modeling_mplug.MPLUGForPreTraining,
+    }
+    if task not in classes:
+        raise CheckpointConversionError(f"unknown task {task!r}; choose one of {TASKS}")
+    return classes[task]
+
+
+def check_grounding_buffers(state_dict: dict[str, torch.Tensor], config: MPLUGConfig) -> None:
+    """The original stores box-token buffers; they must agree with the config we derive them from."""
+    start, bins = config.box_bin_start_token_id, config.num_box_bins
+    expected = {
+        "prefix_ids": torch.tensor([config.box_prefix_token_id]),
+        "target_ids": torch.arange(start, start + bins),
+    }
+    for key, value in expected.items():
+        if key in state_dict and not torch.equal(state_dict[key].view(-1).long(), value):
+            raise CheckpointConversionError(f"{key} in the checkpoint disagrees with the config's box tokens")
+    if "bbox_prob_mask" in state_dict:
+        allowed = (state_dict["bbox_prob_mask"] == 0).nonzero().view(-1)
+        if not torch.equal(allowed, expected["target_ids"]):
+            raise CheckpointConversionError("bbox_prob_mask allows other tokens than the config's box bins")
+
+
+def convert_checkpoint(
+    checkpoint_path: str,
+    task: str,
+    bert_config: dict | str | None = None,
+    image_size: int | None = None,
+    dtype: torch.dtype | None = None,
+):
+    """
+    Load an original checkpoint into the task's `mplug_hf` model. Returns `(model, report)`. Raises
+    [`CheckpointConversionError`] listing any unknown source key or any target parameter left without a source.
+    """
+    model_class = task_model_class(task)
+    if isinstance(bert_config, str):
+        bert_config = read_bert_config(bert_config)
+    if bert_config is None and os.path.isdir(checkpoint_path):
+        candidate = os.path.join(checkpoint_path, "config_bert.json")
+        bert_config = read_bert_config(candidate) if os.path.isfile(candidate) else None
+    state_dict = strip_pretraining_infixes(load_original_checkpoint(checkpoint_path))
+    config = infer_config(state_dict, bert_config, image_size)
+    prefixes = dict(TASK_PREFIXES[task])
+    if task == "pretrain":
+        # The pretraining MLM head, when the file has one, becomes ours (its vocabulary matrix is tied).
+        state_dict = {
+            (
+                k.replace("fusion_encoder.cls.predictions.", "mlm_head.") if k.startswith("fusion_encoder.cls.") else k
+            ): v
+            for k, v in state_dict.items()
+        }
+    check_grounding_buffers(state_dict, config)
+    pretrain_mlm = {k: v for k, v in state_dict.items() if k.startswith("mlm_head.")}
+    converted, report = convert_state_dict(
+        {k: v for k, v in state_dict.items() if not k.startswith("mlm_head.")}, config, prefixes
+    )
+    converted.update(_map_mlm_head(pretrain_mlm, state_dict, report))
+    model = model_class(config)
+    missing, unexpected = model.load_state_dict(converted, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", {}) or {})
+    missing = [key for key in missing if key not in tied]
+    if missing or unexpected:
+        raise CheckpointConversionError(f"missing keys {sorted(missing)}; unexpected keys {sorted(unexpected)}")
+    model.tie_weights()
+    if task in TASK_GENERATION:
+        for name, value in TASK_GENERATION[task].items():
+            setattr(model.generation_config, name, value)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval(), report
+
+
+def _map_mlm_head(mlm, state_dict, report) -> dict[str, torch.Tensor]:
+    renames = {
+        "mlm_head.transform.dense.weight": "mlm_head.dense.weight",
+        "mlm_head.transform.dense.bias": "mlm_head.dense.bias",
+        "mlm_head.transform.LayerNorm.weight": "mlm_head.layer_norm.weight",
+        "mlm_head.transform.LayerNorm.bias": "mlm_head.layer_norm.bias",
+        "mlm_head.bias": "mlm_head.decoder.bias",
+    }
+    converted = {}
+    for key, value in mlm.items():
+        if key in renames:
+            converted[renames[key]] = value.clone()
+            report.mapped[key] = renames[key]
+        elif key in ("mlm_head.decoder.weight", "mlm_head.decoder.bias"):
+            report.dropped[key] = "tied to the text encoder word embeddings / mlm_head.bias"
+        else:
+            raise CheckpointConversionError(f"unknown MLM head key {key}")
+    return converted
+
+
+def save_converted(model, report: ConversionReport, output_dir: str) -> None:
+    """Write safetensors + config + generation config + processor files + the key report."""
+    from .image_processing_mplug import MPLUGImageProcessor
+    from .processing_mplug import MPLUGProcessor
+
+    model.save_pretrained(output_dir)
+    MPLUGProcessor(MPLUGImageProcessor(image_size=model.config.vision_config.image_size)).save_pretrained(output_dir)
+    with open(os.path.join(output_dir, "conversion_report.json"), "w") as handle:
+        json.dump({"mapped": report.mapped, "dropped": report.dropped}, handle, indent=1, sort_keys=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Convert an original mPLUG checkpoint to an mplug_hf model folder.")
+    parser.add_argument("checkpoint", help="original .pth/.bin file, or a ModelScope folder with pytorch_model.bin")
+    parser.add_argument("output_dir")
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--config-bert", help="the original config_bert.json (fusion schedule, heads)")
+    parser.add_argument("--image-size", type=int, help="target resolution (positional embedding is resized)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="also upload model and processor to this Hub repo")
+    args = parser.parse_args(argv)
+    model, report = convert_checkpoint(
+        args.checkpoint, args.task, args.config_bert, args.image_size, getattr(torch, args.dtype)
+    )
+    save_converted(model, report, args.output_dir)
+    print(
+        f"converted {len(report.mapped)} tensors ({len(report.dropped)} dropped by documented rules) → {args.output_dir}"
+    )
+    if args.push_to_hub:
+        from transformers import AutoProcessor
+
+        model.push_to_hub(args.push_to_hub)
+        AutoProcessor.from_pretrained(args.output_dir).push_to_hub(args.push_to_hub)
+
+
+if __name__ == "__main__":
+    main()

@@ -69,7 +69,9 @@ def load_image(image) -> Image.Image:
     if isinstance(image, np.ndarray):
         return _array_to_pil(image)
     if not isinstance(image, Image.Image):
-        raise ValueError(f"unsupported image type {type(image).__name__}: pass a PIL image, path, numpy array or tensor")
+        raise ValueError(
+            f"unsupported image type {type(image).__name__}: pass a PIL image, path, numpy array or tensor"
+        )
     if image.width == 0 or image.height == 0:
         raise ValueError("image has zero width or height")
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
@@ -142,7 +144,9 @@ class MPLUGImageProcessor(BaseImageProcessor):
         scale = self.grounding_scale(image.width, image.height)
         new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         resized = self._normalize(
-            image.resize(new_size, resample=Image.Resampling.BILINEAR), self.grounding_image_mean, self.grounding_image_std
+            image.resize(new_size, resample=Image.Resampling.BILINEAR),
+            self.grounding_image_mean,
+            self.grounding_image_std,
         )
         padded = np.zeros((3, self.image_size, self.image_size), dtype=np.float32)
         padded[:, : resized.shape[1], : resized.shape[2]] = resized

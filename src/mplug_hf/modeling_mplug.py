@@ -534,6 +534,14 @@ class MPLUGPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MPLUGVisionLayer", "MPLUGTextLayer", "MPLUGTextEmbeddings"]
     _skip_keys_device_placement = ["past_key_values"]
 
+    def __init__(self, config: MPLUGConfig, *inputs, **kwargs):
+        super().__init__(config, *inputs, **kwargs)
+        # A directly constructed model resolves the implementation on the top config only; the modules read the
+        # sub-configs, so hand it down unless a sub-config was given its own.
+        for sub_config in (config.text_config, config.vision_config):
+            if sub_config._attn_implementation is None:
+                sub_config._attn_implementation_internal = config._attn_implementation
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -550,7 +558,9 @@ def validate_pixel_values(pixel_values: torch.Tensor | None, config: MPLUGVision
     if pixel_values is None:
         raise ValueError("pixel_values is required (batch, channels, height, width) or (batch, frames, C, H, W)")
     if not torch.is_tensor(pixel_values) or not pixel_values.is_floating_point():
-        raise ValueError(f"pixel_values must be a float tensor, got {getattr(pixel_values, 'dtype', type(pixel_values))}")
+        raise ValueError(
+            f"pixel_values must be a float tensor, got {getattr(pixel_values, 'dtype', type(pixel_values))}"
+        )
     if pixel_values.ndim not in (4, 5) or pixel_values.shape[-3] != config.num_channels:
         raise ValueError(
             f"pixel_values must have shape (batch, {config.num_channels}, H, W) or (batch, frames, "
@@ -563,7 +573,9 @@ def validate_pixel_values(pixel_values: torch.Tensor | None, config: MPLUGVision
             "resize with the processor, or pass interpolate_pos_encoding=True"
         )
     if interpolate and (height % config.patch_size or width % config.patch_size or height != width):
-        raise ValueError(f"interpolated pixel_values must be square multiples of {config.patch_size}, got {height}x{width}")
+        raise ValueError(
+            f"interpolated pixel_values must be square multiples of {config.patch_size}, got {height}x{width}"
+        )
 
 
 class MPLUGVisionModel(MPLUGPreTrainedModel):
@@ -664,9 +676,11 @@ class MPLUGModel(MPLUGPreTrainedModel):
         """Run the fusion encoder on already-encoded image tokens and text states (e.g. for ITM over many pairs)."""
         if attention_mask is None:
             attention_mask = torch.ones(text_embeds.shape[:2], dtype=torch.long, device=text_embeds.device)
-        image_attention_mask = torch.ones(image_embeds.shape[:2], dtype=attention_mask.dtype, device=image_embeds.device)
+        image_attention_mask = torch.ones(
+            image_embeds.shape[:2], dtype=attention_mask.dtype, device=image_embeds.device
+        )
         image_states, text_states = self.fusion_encoder(
-            text_embeds, attention_mask, image_embeds, image_attention_mask, **kwargs
+            text_embeds, attention_mask, image_embeds, image_attention_mask
         )
         return MPLUGModelOutput(
             last_hidden_state=torch.cat([image_states, text_states], dim=1),
@@ -698,4 +712,951 @@ class MPLUGModel(MPLUGPreTrainedModel):
         return self.fuse(image_embeds, text_embeds, attention_mask)
 
 
-__all__ = ["MPLUGModel", "MPLUGPreTrainedModel", "MPLUGVisionModel"]
+# ----------------------------------------------------------------------------------------------------------------------
+# Outputs of the task heads
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MPLUGSeq2SeqOutput(ModelOutput):
+    r"""
+    Output of the decoder heads ([`MPLUGForCaptioning`], [`MPLUGForQuestionAnswering`]).
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, returned with `labels`): the task loss (see the head).
+        logits (`torch.FloatTensor` of shape `(batch_size, target_length, vocab_size)`): decoder logits.
+        past_key_values ([`EncoderDecoderCache`]): decoder self- and cross-attention cache.
+        encoder_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, memory_length, hidden_size)`): the
+            memory the decoder attended to.
+        encoder_attention_mask (`torch.LongTensor` of shape `(batch_size, memory_length)`): its mask.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    encoder_attention_mask: torch.LongTensor | None = None
+
+
+@dataclass
+class MPLUGRetrievalOutput(ModelOutput):
+    r"""
+    Output of [`MPLUGForRetrieval`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, with `return_loss`): ITC + ITM loss.
+        logits_per_image (`torch.FloatTensor` of shape `(num_images, num_texts)`): ITC similarities / temperature.
+        logits_per_text (`torch.FloatTensor` of shape `(num_texts, num_images)`): the transpose.
+        itm_logits (`torch.FloatTensor` of shape `(batch_size, 2)`): image-text matching logits of the aligned pairs
+            (only when images and texts pair up one to one); index 1 is "match".
+        image_embeds (`torch.FloatTensor` of shape `(num_images, embed_dim)`): normalised ITC image features.
+        text_embeds (`torch.FloatTensor` of shape `(num_texts, embed_dim)`): normalised ITC text features.
+        loss_itc, loss_itm (`torch.FloatTensor` of shape `()`): the two loss terms.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    itm_logits: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    loss_itc: torch.FloatTensor | None = None
+    loss_itm: torch.FloatTensor | None = None
+
+
+@dataclass
+class MPLUGGroundingOutput(ModelOutput):
+    r"""
+    Output of [`MPLUGForGrounding`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, with `labels`): CE weighted by L1 and (1 − GIoU), see the head.
+        logits (`torch.FloatTensor` of shape `(batch_size, 4, num_box_bins)`): teacher-forced logits of the 4
+            coordinate bins.
+        pred_boxes (`torch.FloatTensor` of shape `(batch_size, 4)`): normalised (cx, cy, w, h) on the padded square
+            (argmax of `logits`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    pred_boxes: torch.FloatTensor | None = None
+
+
+@dataclass
+class MPLUGPreTrainingOutput(ModelOutput):
+    r"""
+    Output of [`MPLUGForPreTraining`]: `loss` = sum of the computed terms; each term `(())` separately.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_itc: torch.FloatTensor | None = None
+    loss_itm: torch.FloatTensor | None = None
+    loss_mlm: torch.FloatTensor | None = None
+    loss_prefix_lm: torch.FloatTensor | None = None
+
+
+@dataclass
+class MPLUGBeamSearchOutput(ModelOutput):
+    r"""
+    Result of [`~MPLUGDecoderHeadMixin.generate_original`], the original mPLUG beam search.
+
+    Args:
+        sequences (`torch.LongTensor` of shape `(batch_size, num_return_sequences, max_len)`): token ids including the
+            leading `[CLS]` (or prompt), padded with `pad_token_id`.
+        scores (`torch.FloatTensor` of shape `(batch_size, num_return_sequences)`): cumulative log-probability /
+            ((5 + generated) / 6) ** 0.6, as the original stores it.
+        lengths (`torch.LongTensor` of shape `(batch_size, num_return_sequences)`): lengths of `sequences`.
+    """
+
+    sequences: torch.LongTensor | None = None
+    scores: torch.FloatTensor | None = None
+    lengths: torch.LongTensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Task heads
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def shifted_token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token CE of position t predicting label t+1: `(batch, length - 1)`, 0 where the label is -100."""
+    shifted_logits = logits[:, :-1].float()
+    shifted_labels = labels[:, 1:]
+    return F.cross_entropy(
+        shifted_logits.reshape(-1, shifted_logits.shape[-1]),
+        shifted_labels.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    ).view(shifted_labels.shape)
+
+
+def decoder_inputs_from_labels(labels: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    return labels.masked_fill(labels == -100, pad_token_id)
+
+
+class MPLUGDecoderHeadMixin:
+    """Shared by the heads with a BERT decoder: embeddings accessors, the cache-aware decoder call and the original
+    beam search."""
+
+    _tied_weights_keys = {
+        "text_decoder.lm_head.decoder.weight": "text_decoder.model.embeddings.word_embeddings.weight"
+    }
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.text_decoder.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Linear):
+        self.text_decoder.lm_head.decoder = new_embeddings
+
+    def get_decoder(self) -> MPLUGTextDecoder:
+        return self.text_decoder
+
+    def _run_decoder(
+        self,
+        decoder_input_ids: torch.LongTensor,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor | None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool = False,
+    ) -> tuple[torch.Tensor, Cache | None]:
+        if use_cache and not isinstance(past_key_values, EncoderDecoderCache):
+            # generate() may hand over a plain DynamicCache: cross-attention needs its own cache beside it.
+            past_key_values = EncoderDecoderCache(past_key_values or DynamicCache(), DynamicCache())
+        return self.text_decoder(
+            decoder_input_ids,
+            memory,
+            attention_mask=decoder_attention_mask,
+            encoder_attention_mask=memory_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+
+    @torch.no_grad()
+    def original_beam_search(
+        self,
+        memory: torch.Tensor,
+        memory_mask: torch.Tensor | None,
+        prompt_ids: torch.LongTensor | None = None,
+        num_beams: int = 5,
+        min_length: int = 1,
+        max_length: int = 10,
+        num_return_sequences: int = 1,
+    ) -> MPLUGBeamSearchOutput:
+        """
+        The beam search of the original `TextGenerator` (OpenNMT style), with a KV cache instead of re-running the
+        prefix: per step log(softmax) of the last logits; EOS forbidden (-1e20) before `min_length`; length penalty
+        ((5 + step + 1) / 6) ** 0.6; candidates ranked by cumulative / penalty over beams × vocabulary. A beam that
+        emits EOS is recorded with its normalised score and keeps extending; an item ends when its best beam emits EOS
+        or at `max_length`, and then every current beam is recorded. Hypotheses are sorted by score.
+
+        Args:
+            memory: `(batch, memory_length, hidden)` decoder memory. memory_mask: `(batch, memory_length)` or None.
+            prompt_ids: `(batch, prompt_length)` start of every hypothesis (default `[CLS]`).
+            num_beams, min_length, max_length: as the original (`max_length` counts generated tokens).
+            num_return_sequences: hypotheses returned per item (≤ num_beams · items recorded).
+        """
+        batch_size, device = memory.shape[0], memory.device
+        if num_return_sequences < 1 or num_beams < 1 or max_length < 1:
+            raise ValueError("num_beams, max_length and num_return_sequences must be >= 1")
+        eos_token_id, pad_token_id = self.config.eos_token_id, self.config.pad_token_id
+        if prompt_ids is None:
+            prompt_ids = torch.full(
+                (batch_size, 1), self.config.decoder_start_token_id, dtype=torch.long, device=device
+            )
+        memory = memory.repeat_interleave(num_beams, dim=0)
+        memory_mask = memory_mask.repeat_interleave(num_beams, dim=0) if memory_mask is not None else None
+        alive = prompt_ids.repeat_interleave(num_beams, dim=0)
+        cumulative = torch.full((batch_size, num_beams), float("-inf"), device=device)
+        cumulative[:, 0] = 0.0
+        cumulative = cumulative.view(-1)
+        beam_offsets = (torch.arange(batch_size, device=device) * num_beams).unsqueeze(1)
+        hypotheses: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch_size)]
+        done = [False] * batch_size
+        cache, step_input = None, alive
+        for step in range(max_length):
+            logits, cache = self._run_decoder(step_input, memory, memory_mask, past_key_values=cache, use_cache=True)
+            log_probs = torch.log(torch.softmax(logits[:, -1].float(), dim=-1))
+            vocab_size = log_probs.shape[-1]
+            if step < min_length:
+                log_probs[:, eos_token_id] = -1e20
+            log_probs = log_probs + cumulative.unsqueeze(1)
+            length_penalty = ((5.0 + step + 1) / 6.0) ** 0.6
+            candidate_scores = (log_probs / length_penalty).view(batch_size, num_beams * vocab_size)
+            topk_scores, topk_ids = candidate_scores.topk(num_beams, dim=-1)
+            cumulative = (topk_scores * length_penalty).view(-1)
+            origins = (topk_ids // vocab_size + beam_offsets).view(-1)
+            tokens = topk_ids.fmod(vocab_size)
+            alive = torch.cat([alive.index_select(0, origins), tokens.view(-1, 1)], dim=1)
+            cache.reorder_cache(origins)
+            finished = tokens.eq(eos_token_id)
+            if step + 1 == max_length:
+                finished.fill_(True)
+            for item in range(batch_size):
+                if done[item]:
+                    continue
+                if finished[item, 0]:
+                    finished[item].fill_(True)
+                for beam in finished[item].nonzero().view(-1).tolist():
+                    hypotheses[item].append((topk_scores[item, beam].item(), alive[item * num_beams + beam].tolist()))
+                done[item] = bool(finished[item, 0])
+            if all(done):
+                break
+            step_input = tokens.view(-1, 1)
+
+        best = [sorted(h, key=lambda pair: pair[0], reverse=True)[:num_return_sequences] for h in hypotheses]
+        max_len = max(len(seq) for item in best for _, seq in item)
+        sequences = torch.full((batch_size, num_return_sequences, max_len), pad_token_id, dtype=torch.long)
+        scores = torch.full((batch_size, num_return_sequences), float("-inf"))
+        lengths = torch.zeros((batch_size, num_return_sequences), dtype=torch.long)
+        for item, ranked in enumerate(best):
+            for rank, (score, seq) in enumerate(ranked):
+                sequences[item, rank, : len(seq)] = torch.tensor(seq)
+                scores[item, rank] = score
+                lengths[item, rank] = len(seq)
+        return MPLUGBeamSearchOutput(
+            sequences=sequences.to(device), scores=scores.to(device), lengths=lengths.to(device)
+        )
+
+
+class MPLUGForCaptioning(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, GenerationMixin):
+    """
+    Image captioning: the decoder attends to the image tokens only (the original caption model never uses its text
+    encoder or fusion). Training: `labels` = `[CLS] caption [SEP]` with -100 on padding (and on a prompt), mean
+    cross-entropy over the label tokens. Inference: `generate()` (KV cache, greedy/beam/sampling) or
+    `generate_original()` for the original beam search. A prompt ("a picture of") is passed as `input_ids`.
+    """
+
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    def __init__(self, config: MPLUGConfig):
+        super().__init__(config)
+        self.vision_model = MPLUGVisionModel(config)
+        self.text_decoder = MPLUGTextDecoder(config.text_config, config.decoder_layers)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.text_decoder.model.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.text_decoder.model.embeddings.word_embeddings = value
+
+    def get_encoder(self, modality: str | None = None):
+        return self.vision_model
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        encoder_outputs: BaseModelOutput | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs,
+    ) -> MPLUGSeq2SeqOutput:
+        """
+        Args:
+            pixel_values: `(batch, 3, S, S)` images (or `(batch, frames, 3, S, S)` videos).
+            decoder_input_ids: `(batch, length)` caption ids starting with `[CLS]`; defaults to `labels`.
+            labels: `(batch, length)` `[CLS] caption [SEP]`, -100 where no loss is wanted.
+        """
+        if encoder_outputs is None:
+            encoder_outputs = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        memory = encoder_outputs.last_hidden_state
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("pass labels (training) or decoder_input_ids, or call generate()")
+            decoder_input_ids = decoder_inputs_from_labels(labels, self.config.pad_token_id)
+        if decoder_input_ids.shape[0] != memory.shape[0]:
+            raise ValueError(
+                f"batch size mismatch: {memory.shape[0]} images but {decoder_input_ids.shape[0]} captions"
+            )
+        logits, past_key_values = self._run_decoder(
+            decoder_input_ids, memory, None, decoder_attention_mask, past_key_values, bool(use_cache)
+        )
+        loss = None
+        if labels is not None:
+            token_loss = shifted_token_cross_entropy(logits, labels)
+            loss = token_loss.sum() / (labels[:, 1:] != -100).sum().clamp(min=1)
+        return MPLUGSeq2SeqOutput(
+            loss=loss, logits=logits, past_key_values=past_key_values, encoder_last_hidden_state=memory
+        )
+
+    @torch.no_grad()
+    def generate_original(
+        self,
+        pixel_values: torch.Tensor,
+        prompt_ids: torch.LongTensor | None = None,
+        num_beams: int = 5,
+        min_length: int = 8,
+        max_length: int = 25,
+        num_return_sequences: int = 1,
+    ) -> MPLUGBeamSearchOutput:
+        """The original caption decoding (beam 5, min 8, max 25 for COCO) — see [`original_beam_search`]."""
+        memory = self.vision_model(pixel_values).last_hidden_state
+        if prompt_ids is not None and prompt_ids.shape[0] == 1 and memory.shape[0] > 1:
+            prompt_ids = prompt_ids.expand(memory.shape[0], -1)
+        return self.original_beam_search(
+            memory, None, prompt_ids, num_beams, min_length, max_length, num_return_sequences
+        )
+
+
+class MPLUGForQuestionAnswering(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, GenerationMixin):
+    """
+    Visual question answering: the decoder attends to the fused memory [V_out; T_out] with mask [1…1; question mask].
+
+    Training with several weighted answers per question (the original's `k`/`weights`): `labels` hold all answers
+    `(num_answers, length)` as `[CLS] answer [SEP]` (-100 padding), `answer_counts[b]` says how many belong to
+    question b (in order) and `answer_weights` weighs each; loss = Σ weight · (summed token CE of the answer) /
+    batch_size. Without `answer_counts` every question has one answer of weight 1.
+
+    Inference: `generate()` for free answers, `generate_original()` for the original beam search, `rank_answers()`
+    to pick from a closed answer list.
+    """
+
+    main_input_name = "input_ids"
+
+    def __init__(self, config: MPLUGConfig):
+        super().__init__(config)
+        self.mplug = MPLUGModel(config)
+        self.text_decoder = MPLUGTextDecoder(config.text_config, config.decoder_layers)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.mplug.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.mplug.set_input_embeddings(value)
+
+    def get_encoder(self, modality: str | None = None):
+        return self.mplug
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        answer_counts: torch.LongTensor | None = None,
+        answer_weights: torch.Tensor | None = None,
+        encoder_outputs: MPLUGModelOutput | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        **kwargs,
+    ) -> MPLUGSeq2SeqOutput:
+        """
+        Args:
+            input_ids: `(batch, q_len)` questions; attention_mask: `(batch, q_len)`; pixel_values: `(batch, 3, S, S)`.
+            decoder_input_ids: `(num_answers, a_len)` answer prefix; defaults to `labels`.
+            labels: `(num_answers, a_len)` `[CLS] answer [SEP]` with -100 padding.
+            answer_counts: `(batch,)` answers per question (sum = num_answers). answer_weights: `(num_answers,)`.
+        """
+        if encoder_outputs is None:
+            encoder_outputs = self.mplug(
+                input_ids=input_ids,
+                pixel_values=pixel_values,
+                attention_mask=attention_mask,
+                interpolate_pos_encoding=interpolate_pos_encoding,
+            )
+        memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("pass labels (training) or decoder_input_ids, or call generate()")
+            decoder_input_ids = decoder_inputs_from_labels(labels, self.config.pad_token_id)
+        if answer_counts is not None:
+            answer_counts = torch.as_tensor(answer_counts, device=memory.device)
+            if answer_counts.shape != (memory.shape[0],) or int(answer_counts.sum()) != decoder_input_ids.shape[0]:
+                raise ValueError(
+                    f"answer_counts {answer_counts.tolist()} must have one entry per question ({memory.shape[0]}) and "
+                    f"sum to the number of answers ({decoder_input_ids.shape[0]})"
+                )
+            memory = memory.repeat_interleave(answer_counts, dim=0)
+            memory_mask = memory_mask.repeat_interleave(answer_counts, dim=0)
+        elif decoder_input_ids.shape[0] != memory.shape[0]:
+            raise ValueError(
+                f"batch size mismatch: {memory.shape[0]} questions but {decoder_input_ids.shape[0]} answers; "
+                "pass answer_counts for several answers per question"
+            )
+        logits, past_key_values = self._run_decoder(
+            decoder_input_ids, memory, memory_mask, decoder_attention_mask, past_key_values, bool(use_cache)
+        )
+        loss = None
+        if labels is not None:
+            per_answer = shifted_token_cross_entropy(logits, labels).sum(dim=1)
+            if answer_weights is None:
+                answer_weights = torch.ones_like(per_answer)
+            elif answer_weights.shape != per_answer.shape:
+                raise ValueError(
+                    f"answer_weights must have shape {tuple(per_answer.shape)}, got {tuple(answer_weights.shape)}"
+                )
+            num_questions = encoder_outputs.last_hidden_state.shape[0]
+            loss = (answer_weights.to(per_answer.dtype) * per_answer).sum() / num_questions
+        return MPLUGSeq2SeqOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=past_key_values,
+            encoder_last_hidden_state=memory,
+            encoder_attention_mask=memory_mask,
+        )
+
+    @torch.no_grad()
+    def generate_original(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        num_beams: int = 5,
+        min_length: int = 1,
+        max_length: int = 10,
+        num_return_sequences: int = 1,
+    ) -> MPLUGBeamSearchOutput:
+        """The original VQA decoding (beam 5, min 1, max 10) — see [`original_beam_search`]."""
+        encoded = self.mplug(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+        return self.original_beam_search(
+            encoded.last_hidden_state,
+            encoded.encoder_attention_mask,
+            None,
+            num_beams,
+            min_length,
+            max_length,
+            num_return_sequences,
+        )
+
+    @torch.no_grad()
+    def rank_answers(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor,
+        candidate_ids: torch.LongTensor,
+        candidate_attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        k: int = 128,
+        encoder_outputs: MPLUGModelOutput | None = None,
+    ) -> tuple[torch.LongTensor, torch.Tensor]:
+        """
+        Closed-vocabulary answering as the original `rank_answer`: the probability of each candidate's first token
+        after `[CLS]` selects the top `k` candidates; each is then scored by a teacher-forced pass,
+        log p = log p(first token) − Σ token CE (the original counts the first token in both terms); the result is
+        the softmax over the `k` scores, sorted.
+
+        Args:
+            input_ids, attention_mask, pixel_values: the questions and images, `(batch, …)`.
+            candidate_ids: `(num_candidates, c_len)` candidates as `[CLS] answer [SEP]` (padding 0).
+            candidate_attention_mask: `(num_candidates, c_len)`.
+            k: candidates re-scored per question (1 ≤ k ≤ num_candidates).
+        Returns:
+            `(topk_ids, topk_probs)`, each `(batch, k)`: indices into the candidate list, best first.
+        """
+        num_candidates = candidate_ids.shape[0] if candidate_ids is not None else 0
+        if num_candidates == 0:
+            raise ValueError("the candidate answer list is empty")
+        if not 1 <= k <= num_candidates:
+            raise ValueError(f"k={k} must be between 1 and the number of candidates ({num_candidates})")
+        if candidate_ids.shape[1] < 2:
+            raise ValueError("candidates must be encoded as [CLS] answer [SEP] (at least 2 tokens)")
+        if encoder_outputs is None:
+            encoder_outputs = self.mplug(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+        memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
+        batch_size = memory.shape[0]
+        start = candidate_ids[:1, :1].expand(batch_size, 1)
+        first_logits, _ = self._run_decoder(start, memory, memory_mask)
+        first_probs = first_logits[:, 0].float().softmax(dim=-1).index_select(1, candidate_ids[:, 1])
+        topk_probs, topk_ids = first_probs.topk(k, dim=1)
+
+        chosen_ids = candidate_ids.index_select(0, topk_ids.view(-1))
+        chosen_mask = candidate_attention_mask.index_select(0, topk_ids.view(-1))
+        labels = chosen_ids.masked_fill(chosen_mask == 0, -100)
+        logits, _ = self._run_decoder(
+            chosen_ids,
+            memory.repeat_interleave(k, dim=0),
+            memory_mask.repeat_interleave(k, dim=0),
+            decoder_attention_mask=chosen_mask,
+        )
+        answer_nll = shifted_token_cross_entropy(logits, labels).sum(dim=1).view(batch_size, k)
+        scores = topk_probs.log() - answer_nll
+        probs = scores.softmax(dim=1)
+        order = probs.argsort(dim=1, descending=True)
+        return topk_ids.gather(1, order), probs.gather(1, order)
+
+
+def contrastive_loss(logits_per_image: torch.Tensor, image_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric ITC loss; with `image_ids`, every text of the same image is a positive (soft targets)."""
+    if image_ids is None:
+        targets = torch.eye(logits_per_image.shape[0], device=logits_per_image.device)
+    else:
+        targets = (image_ids.view(-1, 1) == image_ids.view(1, -1)).float()
+    targets = targets / targets.sum(dim=1, keepdim=True)
+    loss_i2t = -(F.log_softmax(logits_per_image, dim=1) * targets).sum(dim=1).mean()
+    loss_t2i = -(F.log_softmax(logits_per_image.t(), dim=1) * targets).sum(dim=1).mean()
+    return (loss_i2t + loss_t2i) / 2
+
+
+class MPLUGContrastiveMixin:
+    """ITC projections, ITM head and their losses, shared by [`MPLUGForRetrieval`] and [`MPLUGForPreTraining`]."""
+
+    def _init_contrastive_heads(self, config: MPLUGConfig):
+        hidden = config.text_config.hidden_size
+        self.vision_proj = nn.Linear(hidden, config.embed_dim)
+        self.text_proj = nn.Linear(hidden, config.embed_dim)
+        self.itm_head = nn.Linear(hidden, 2)
+        self.temp = nn.Parameter(torch.tensor(float(config.contrastive_temperature)))
+
+    def project_image(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """`(batch, tokens, hidden)` (or `(batch, frames·tokens, hidden)`) → normalised `(batch, embed_dim)`. A video
+        uses the mean of its frames' projected CLS features, as the original video retrieval does."""
+        tokens_per_frame = self.config.num_image_tokens
+        if image_embeds.shape[1] > tokens_per_frame and image_embeds.shape[1] % tokens_per_frame == 0:
+            frames = image_embeds.view(image_embeds.shape[0], -1, tokens_per_frame, image_embeds.shape[-1])
+            return F.normalize(self.vision_proj(frames[:, :, 0]).mean(dim=1), dim=-1)
+        return F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
+
+    def project_text(self, text_embeds: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Normalised ITC image features `(batch, embed_dim)`."""
+        return self.project_image(self.mplug.get_image_features(pixel_values, **kwargs))
+
+    def get_text_features(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        """Normalised ITC text features `(batch, embed_dim)` from the text encoder (before fusion)."""
+        return self.project_text(self.mplug.get_text_features(input_ids, attention_mask))
+
+    def itm_logits(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, attention_mask: torch.Tensor | None):
+        """ITM logits `(batch, 2)` of aligned (image tokens, text states) pairs; index 1 = match."""
+        fused = self.mplug.fuse(image_embeds, text_embeds, attention_mask)
+        return self.itm_head(fused.text_hidden_state[:, 0])
+
+    def itm_loss_with_hard_negatives(
+        self,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        logits_per_image: torch.Tensor,
+        image_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """ITM over positives + one hard negative text per image and one hard negative image per text, sampled in
+        proportion to the softmax of ITC similarities with positives excluded (as the original)."""
+        batch_size = image_embeds.shape[0]
+        with torch.no_grad():
+            if image_ids is None:
+                positive = torch.eye(batch_size, dtype=torch.bool, device=image_embeds.device)
+            else:
+                positive = image_ids.view(-1, 1) == image_ids.view(1, -1)
+            weights_i2t = logits_per_image.float().softmax(dim=1).masked_fill(positive, 0) + 1e-12
+            weights_t2i = logits_per_image.t().float().softmax(dim=1).masked_fill(positive, 0) + 1e-12
+            negative_texts = torch.multinomial(weights_i2t, 1).view(-1)
+            negative_images = torch.multinomial(weights_t2i, 1).view(-1)
+        all_images = torch.cat([image_embeds, image_embeds[negative_images], image_embeds], dim=0)
+        all_texts = torch.cat([text_embeds, text_embeds, text_embeds[negative_texts]], dim=0)
+        all_masks = torch.cat([attention_mask, attention_mask, attention_mask[negative_texts]], dim=0)
+        logits = self.itm_logits(all_images, all_texts, all_masks)
+        targets = torch.cat(
+            [torch.ones(batch_size, dtype=torch.long), torch.zeros(2 * batch_size, dtype=torch.long)]
+        ).to(logits.device)
+        return F.cross_entropy(logits.float(), targets)
+
+
+class MPLUGForRetrieval(MPLUGContrastiveMixin, MPLUGPreTrainedModel):
+    """
+    Image-text retrieval: ITC (normalised projections of the image CLS and of the text-encoder CLS, divided by `temp`)
+    and ITM (fusion, then `itm_head` on the fused text CLS). [`retrieve`] ranks an image set against a text set the
+    original way: ITC top-k, re-scored by the ITM match logit, -100 elsewhere. `forward` returns `logits_per_image`
+    for any numbers of images and texts (zero-shot classification), and ITM logits when they pair up.
+    """
+
+    def __init__(self, config: MPLUGConfig):
+        super().__init__(config)
+        self.mplug = MPLUGModel(config)
+        self._init_contrastive_heads(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.mplug.get_input_embeddings()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is self:
+            init.constant_(self.temp, self.config.contrastive_temperature)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_ids: torch.LongTensor | None = None,
+        return_loss: bool = False,
+        compute_itm: bool | None = None,
+        **kwargs,
+    ) -> MPLUGRetrievalOutput:
+        """
+        Args:
+            input_ids, attention_mask: `(num_texts, length)`. pixel_values: `(num_images, 3, S, S)`.
+            image_ids: `(batch,)` image identity of each pair, so that texts of the same image are not negatives.
+            return_loss: compute ITC + ITM (hard negatives) over the aligned batch.
+            compute_itm: ITM logits of the aligned pairs (default: when the batch sizes match).
+        """
+        validate_pixel_values(pixel_values, self.config.vision_config, False)
+        validate_text_inputs(input_ids, attention_mask, input_ids.shape[0] if input_ids is not None else 0)
+        image_embeds = self.mplug.get_image_features(pixel_values)
+        text_embeds = self.mplug.text_encoder(input_ids, attention_mask=attention_mask).last_hidden_state
+        image_feat, text_feat = self.project_image(image_embeds), self.project_text(text_embeds)
+        logits_per_image = image_feat @ text_feat.t() / self.temp
+        aligned = image_embeds.shape[0] == text_embeds.shape[0]
+        if return_loss and not aligned:
+            raise ValueError(
+                f"the loss needs aligned pairs: {image_embeds.shape[0]} images but {text_embeds.shape[0]} texts"
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        itm_logits = loss = loss_itc = loss_itm = None
+        if compute_itm if compute_itm is not None else aligned and not return_loss:
+            if not aligned:
+                raise ValueError("compute_itm needs as many images as texts")
+            itm_logits = self.itm_logits(image_embeds, text_embeds, attention_mask)
+        if return_loss:
+            loss_itc = contrastive_loss(logits_per_image, image_ids)
+            loss_itm = self.itm_loss_with_hard_negatives(
+                image_embeds, text_embeds, attention_mask, logits_per_image.detach(), image_ids
+            )
+            loss = loss_itc + loss_itm
+        return MPLUGRetrievalOutput(
+            loss=loss,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_image.t(),
+            itm_logits=itm_logits,
+            image_embeds=image_feat,
+            text_embeds=text_feat,
+            loss_itc=loss_itc,
+            loss_itm=loss_itm,
+        )
+
+    @torch.no_grad()
+    def retrieve(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        k: int = 256,
+        batch_size: int = 64,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Score every image against every text as the original evaluation: ITC similarity (no temperature) selects the
+        top `k` texts per image (and images per text); those pairs get the raw ITM match logit, the rest -100.
+
+        Returns:
+            `(scores_i2t (num_images, num_texts), scores_t2i (num_texts, num_images))`.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        image_embeds = torch.cat(
+            [self.mplug.get_image_features(chunk) for chunk in pixel_values.split(batch_size)], dim=0
+        )
+        text_embeds = torch.cat(
+            [
+                self.mplug.text_encoder(ids, attention_mask=mask).last_hidden_state
+                for ids, mask in zip(input_ids.split(batch_size), attention_mask.split(batch_size))
+            ],
+            dim=0,
+        )
+        sims = self.project_image(image_embeds) @ self.project_text(text_embeds).t()
+        return (
+            self._rerank(sims, image_embeds, text_embeds, attention_mask, k, batch_size, images_are_queries=True),
+            self._rerank(sims.t(), image_embeds, text_embeds, attention_mask, k, batch_size, images_are_queries=False),
+        )
+
+    def _rerank(self, sims, image_embeds, text_embeds, attention_mask, k, batch_size, images_are_queries):
+        k = min(k, sims.shape[1])
+        scores = torch.full_like(sims, -100.0)
+        for query in range(sims.shape[0]):
+            top = sims[query].topk(k).indices
+            logits = []
+            for chunk in top.split(batch_size):
+                if images_are_queries:
+                    pair_images = image_embeds[query : query + 1].expand(len(chunk), -1, -1)
+                    pair_texts, pair_mask = text_embeds[chunk], attention_mask[chunk]
+                else:
+                    pair_images = image_embeds[chunk]
+                    pair_texts = text_embeds[query : query + 1].expand(len(chunk), -1, -1)
+                    pair_mask = attention_mask[query : query + 1].expand(len(chunk), -1)
+                logits.append(self.itm_logits(pair_images, pair_texts, pair_mask)[:, 1])
+            scores[query, top] = torch.cat(logits).to(scores.dtype)
+        return scores
+
+
+def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    center, size = boxes[..., :2], boxes[..., 2:]
+    return torch.cat([center - size / 2, center + size / 2], dim=-1)
+
+
+def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Element-wise GIoU of aligned xyxy boxes `(n, 4)` → `(n,)`."""
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    inter_size = (torch.min(boxes1[:, 2:], boxes2[:, 2:]) - torch.max(boxes1[:, :2], boxes2[:, :2])).clamp(min=0)
+    inter = inter_size[:, 0] * inter_size[:, 1]
+    union = area1 + area2 - inter
+    iou = inter / union
+    hull_size = (torch.max(boxes1[:, 2:], boxes2[:, 2:]) - torch.min(boxes1[:, :2], boxes2[:, :2])).clamp(min=0)
+    hull = hull_size[:, 0] * hull_size[:, 1]
+    return iou - (hull - union) / hull
+
+
+class MPLUGForGrounding(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel):
+    """
+    Visual grounding (referring expressions) as the original: a box is 4 vocabulary tokens after the prefix token
+    `[unused339]`: bin b of each normalised coordinate (cx, cy, w, h) on the padded square image is token
+    `box_bin_start_token_id + b`, b = floor(clamp(v, 0, 1) · (num_box_bins − 1)). The decoder attends to [V_out; T_out];
+    logits outside the bins are masked. Loss: per-token CE weighted by the L1 error (clamped at 5) and by 1 − GIoU of
+    the argmax box — per sample; the original's broadcasting to (batch, batch, 4) is not reproduced.
+    """
+
+    def __init__(self, config: MPLUGConfig):
+        super().__init__(config)
+        self.mplug = MPLUGModel(config)
+        self.text_decoder = MPLUGTextDecoder(config.text_config, config.decoder_layers)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.mplug.get_input_embeddings()
+
+    @property
+    def _bin_ids(self) -> slice:
+        start = self.config.box_bin_start_token_id
+        return slice(start, start + self.config.num_box_bins)
+
+    def boxes_to_tokens(self, boxes: torch.Tensor) -> torch.LongTensor:
+        """Normalised (cx, cy, w, h) `(batch, 4)` → token ids `(batch, 4)`."""
+        bins = (boxes.clamp(0, 1) * (self.config.num_box_bins - 1)).floor().long()
+        return bins + self.config.box_bin_start_token_id
+
+    def tokens_to_boxes(self, tokens: torch.LongTensor) -> torch.Tensor:
+        """Token ids `(batch, 4)` → normalised (cx, cy, w, h)."""
+        return (tokens - self.config.box_bin_start_token_id).float() / (self.config.num_box_bins - 1)
+
+    def _bin_logits(self, decoder_input_ids, memory, memory_mask, cache=None) -> tuple[torch.Tensor, Cache | None]:
+        logits, cache = self._run_decoder(
+            decoder_input_ids, memory, memory_mask, past_key_values=cache, use_cache=cache is not None
+        )
+        return logits[..., self._bin_ids], cache
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        encoder_outputs: MPLUGModelOutput | None = None,
+        **kwargs,
+    ) -> MPLUGGroundingOutput:
+        """
+        Args:
+            input_ids, attention_mask: `(batch, length)` queries (`[CLS] query [SEP]`, max 20 tokens in the original).
+            pixel_values: `(batch, 3, S, S)` from the processor's grounding mode.
+            labels: `(batch, 4)` target boxes, normalised (cx, cy, w, h) on the padded square.
+        """
+        if encoder_outputs is None:
+            encoder_outputs = self.mplug(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+        memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
+        if labels is None:
+            return MPLUGGroundingOutput(pred_boxes=self.predict_boxes(encoder_outputs=encoder_outputs))
+        if labels.shape != (memory.shape[0], 4):
+            raise ValueError(f"labels must be boxes of shape ({memory.shape[0]}, 4), got {tuple(labels.shape)}")
+        target_tokens = self.boxes_to_tokens(labels)
+        prefix = torch.full_like(target_tokens[:, :1], self.config.box_prefix_token_id)
+        bin_logits, _ = self._bin_logits(torch.cat([prefix, target_tokens], dim=1), memory, memory_mask)
+        bin_logits = bin_logits[:, :4]
+        target_bins = target_tokens - self.config.box_bin_start_token_id
+        token_ce = F.cross_entropy(
+            bin_logits.float().reshape(-1, bin_logits.shape[-1]), target_bins.reshape(-1), reduction="none"
+        )
+        pred_boxes = bin_logits.argmax(dim=-1).float() / (self.config.num_box_bins - 1)
+        with torch.no_grad():
+            weight_l1 = (pred_boxes - labels).abs().clamp(0, 5)
+            weight_giou = 1 - generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(labels))
+        loss = (token_ce.view(-1, 4) * weight_l1 * weight_giou.unsqueeze(1)).mean()
+        return MPLUGGroundingOutput(loss=loss, logits=bin_logits, pred_boxes=pred_boxes)
+
+    @torch.no_grad()
+    def predict_boxes(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
+        encoder_outputs: MPLUGModelOutput | None = None,
+    ) -> torch.Tensor:
+        """
+        Greedy decoding of the 4 coordinate tokens (with a KV cache).
+
+        Returns:
+            `(batch, 4)`: normalised (cx, cy, w, h) on the padded square, or — with `image_sizes` `(batch, 2)` from
+            the processor's grounding mode — pixel (x1, y1, x2, y2) boxes of the input images.
+        """
+        if encoder_outputs is None:
+            encoder_outputs = self.mplug(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+        memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
+        step_input = torch.full((memory.shape[0], 1), self.config.box_prefix_token_id, device=memory.device)
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        tokens = []
+        for _ in range(4):
+            bin_logits, cache = self._bin_logits(step_input, memory, memory_mask, cache)
+            step_input = bin_logits[:, -1].argmax(dim=-1, keepdim=True) + self.config.box_bin_start_token_id
+            tokens.append(step_input)
+        boxes = self.tokens_to_boxes(torch.cat(tokens, dim=1))
+        if image_sizes is None:
+            return boxes
+        from .image_processing_mplug import MPLUGImageProcessor
+
+        processor = MPLUGImageProcessor(image_size=self.config.vision_config.image_size)
+        return torch.stack(
+            [
+                processor.grounding_box_inverse(box, tuple(size.tolist()))[0]
+                for box, size in zip(boxes.cpu(), image_sizes)
+            ]
+        ).to(boxes.device)
+
+
+class MPLUGForPreTraining(MPLUGContrastiveMixin, MPLUGDecoderHeadMixin, MPLUGPreTrainedModel):
+    """
+    The pretraining objectives of mPLUG over one batch of aligned image-text pairs: ITC, ITM with hard negatives, MLM
+    on the fused text (masked `mlm_input_ids` → `mlm_labels`), and PrefixLM through the decoder (the text prefix is
+    encoded and fused, `labels` hold the continuation). Each loss is returned separately and `loss` is their sum.
+    The momentum encoder and queue of the original are not included: in-batch negatives only.
+    """
+
+    _tied_weights_keys = {
+        **MPLUGDecoderHeadMixin._tied_weights_keys,
+        "mlm_head.decoder.weight": "mplug.text_encoder.embeddings.word_embeddings.weight",
+    }
+
+    def __init__(self, config: MPLUGConfig):
+        super().__init__(config)
+        self.mplug = MPLUGModel(config)
+        self._init_contrastive_heads(config)
+        self.mlm_head = MPLUGLMHead(config.text_config)
+        self.text_decoder = MPLUGTextDecoder(config.text_config, config.decoder_layers)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.mplug.get_input_embeddings()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is self:
+            init.constant_(self.temp, self.config.contrastive_temperature)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mlm_input_ids: torch.LongTensor | None = None,
+        mlm_labels: torch.LongTensor | None = None,
+        prefix_input_ids: torch.LongTensor | None = None,
+        prefix_attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> MPLUGPreTrainingOutput:
+        """
+        Args:
+            input_ids, attention_mask: `(batch, length)` texts paired with `pixel_values` `(batch, 3, S, S)`.
+            mlm_input_ids, mlm_labels: `(batch, length)` masked texts and their labels (-100 where not masked).
+            prefix_input_ids, prefix_attention_mask, labels: PrefixLM prefix `(batch, p_len)` and continuation
+                `[CLS] suffix [SEP]` `(batch, s_len)` (-100 padding).
+        """
+        validate_pixel_values(pixel_values, self.config.vision_config, False)
+        validate_text_inputs(input_ids, attention_mask, pixel_values.shape[0])
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        image_embeds = self.mplug.get_image_features(pixel_values)
+        text_embeds = self.mplug.text_encoder(input_ids, attention_mask=attention_mask).last_hidden_state
+        logits_per_image = self.project_image(image_embeds) @ self.project_text(text_embeds).t() / self.temp
+        loss_itc = contrastive_loss(logits_per_image)
+        loss_itm = self.itm_loss_with_hard_negatives(
+            image_embeds, text_embeds, attention_mask, logits_per_image.detach()
+        )
+        losses = {"loss_itc": loss_itc, "loss_itm": loss_itm}
+        if mlm_input_ids is not None:
+            if mlm_labels is None:
+                raise ValueError("mlm_input_ids needs mlm_labels")
+            masked_text = self.mplug.text_encoder(mlm_input_ids, attention_mask=attention_mask).last_hidden_state
+            fused = self.mplug.fuse(image_embeds, masked_text, attention_mask)
+            mlm_logits = self.mlm_head(fused.text_hidden_state)
+            losses["loss_mlm"] = F.cross_entropy(
+                mlm_logits.float().view(-1, mlm_logits.shape[-1]), mlm_labels.view(-1), ignore_index=-100
+            )
+        if labels is not None:
+            if prefix_input_ids is None:
+                raise ValueError("PrefixLM labels need prefix_input_ids")
+            if prefix_attention_mask is None:
+                prefix_attention_mask = torch.ones_like(prefix_input_ids)
+            prefix_text = self.mplug.text_encoder(
+                prefix_input_ids, attention_mask=prefix_attention_mask
+            ).last_hidden_state
+            fused = self.mplug.fuse(image_embeds, prefix_text, prefix_attention_mask)
+            logits, _ = self._run_decoder(
+                decoder_inputs_from_labels(labels, self.config.pad_token_id),
+                fused.last_hidden_state,
+                fused.encoder_attention_mask,
+            )
+            token_loss = shifted_token_cross_entropy(logits, labels)
+            losses["loss_prefix_lm"] = token_loss.sum() / (labels[:, 1:] != -100).sum().clamp(min=1)
+        return MPLUGPreTrainingOutput(loss=sum(losses.values()), **losses)
+
+
+__all__ = [
+    "MPLUGForCaptioning",
+    "MPLUGForGrounding",
+    "MPLUGForPreTraining",
+    "MPLUGForQuestionAnswering",
+    "MPLUGForRetrieval",
+    "MPLUGModel",
+    "MPLUGPreTrainedModel",
+    "MPLUGVisionModel",
+]

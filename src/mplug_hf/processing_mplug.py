@@ -71,7 +71,11 @@ class MPLUGProcessor(ProcessorMixin):
                 row = row[:limit]
             rows.append(row)
         padded = tokenizer.pad(
-            {"input_ids": rows}, padding=padding, max_length=max_length, return_attention_mask=True, return_tensors="pt"
+            {"input_ids": rows},
+            padding=padding,
+            max_length=max_length,
+            return_attention_mask=True,
+            return_tensors="pt",
         )
         return BatchFeature({"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]})
 
@@ -126,12 +130,17 @@ class MPLUGProcessor(ProcessorMixin):
         if torch.is_tensor(sequences):
             sequences = sequences.tolist()
         cleaned = [[token for token in row if token >= 0] for row in sequences]
-        return [text.strip() for text in self.tokenizer.batch_decode(cleaned, skip_special_tokens=skip_special_tokens, **kwargs)]
+        return [
+            text.strip()
+            for text in self.tokenizer.batch_decode(cleaned, skip_special_tokens=skip_special_tokens, **kwargs)
+        ]
 
     def decode(self, sequence, skip_special_tokens: bool = True, **kwargs) -> str:
         return self.batch_decode([sequence], skip_special_tokens=skip_special_tokens, **kwargs)[0]
 
-    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs) -> list[str]:
+    def post_process_image_text_to_text(
+        self, generated_outputs, skip_special_tokens: bool = True, **kwargs
+    ) -> list[str]:
         return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens)
 
     @property
