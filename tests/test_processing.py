@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoProcessor
+
+from mplug_hf import MPLUGConfig, MPLUGImageProcessor, MPLUGProcessor
+
+
+@pytest.fixture
+def processor():
+    return MPLUGProcessor(MPLUGImageProcessor(image_size=32))
+
+
+def rgb_image(width=40, height=30):
+    array = (np.arange(width * height * 3).reshape(height, width, 3) % 251).astype(np.uint8)
+    return Image.fromarray(array, mode="RGB")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "CMYK", "P", "LA", "I;16", "1"])
+def test_every_pil_mode_gives_rgb_pixels(processor, mode):
+    image = rgb_image().convert(mode) if mode != "I;16" else Image.fromarray(np.full((30, 40), 30000, np.uint16))
+    pixel_values = processor(images=image)["pixel_values"]
+    assert pixel_values.shape == (1, 3, 32, 32) and pixel_values.dtype == torch.float32
+    assert torch.isfinite(pixel_values).all()
+
+
+def test_input_types_agree(processor, tmp_path):
+    image = rgb_image()
+    path = tmp_path / "image.png"
+    image.save(path)
+    array = np.asarray(image)
+    reference = processor(images=image)["pixel_values"]
+    for variant in (str(path), path, array, array.transpose(2, 0, 1), torch.from_numpy(array), array / 255.0):
+        torch.testing.assert_close(processor(images=variant)["pixel_values"], reference, atol=1e-6, rtol=0)
+
+
+def test_grayscale_is_replicated_to_three_channels(processor):
+    gray = processor(images=rgb_image().convert("L"))["pixel_values"][0]
+    unnormalised = gray * torch.tensor(processor.image_processor.image_std).view(3, 1, 1) + torch.tensor(
+        processor.image_processor.image_mean
+    ).view(3, 1, 1)
+    torch.testing.assert_close(unnormalised[0], unnormalised[1], atol=1e-5, rtol=0)
+
+
+def test_text_conventions(processor):
+    original = processor(text=["a red cat", "dog"])
+    assert original["input_ids"].tolist() == [[101, 1037, 2417, 4937], [101, 3899, 0, 0]]
+    assert original["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0]]
+    bert = MPLUGProcessor(MPLUGImageProcessor(image_size=32), text_convention="bert")
+    assert bert(text="dog")["input_ids"].tolist() == [[101, 3899, 102]]
+    targets = processor.encode_targets(["yes", "dark blue"])
+    assert targets["labels"].tolist() == [[101, 2748, 102, -100], [101, 2601, 2630, 102]]
+    truncated = processor.encode_targets(["one two three four five"], max_length=4)
+    assert truncated["input_ids"].tolist() == [[101, 2028, 2048, 2093]]  # [SEP] cut as in the original
+
+
+def test_videos_and_grounding_mode(processor):
+    frames = [[rgb_image(), rgb_image()], [rgb_image(20, 50), rgb_image(20, 50)]]
+    assert processor(images=frames)["pixel_values"].shape == (2, 2, 3, 32, 32)
+    out = processor(images=rgb_image(80, 40), text="the cat", mode="grounding")
+    assert out["pixel_values"].shape == (1, 3, 32, 32) and out["image_sizes"].tolist() == [[40, 80]]
+    assert (out["pixel_values"][0, :, 16:, :] == 0).all()  # the lower half is padding
+    image_processor = processor.image_processor
+    boxes = torch.tensor([[10.0, 5.0, 50.0, 35.0]])
+    normalised = image_processor.grounding_box_transform(boxes, (40, 80))
+    torch.testing.assert_close(image_processor.grounding_box_inverse(normalised, (40, 80)), boxes)
+    with pytest.raises(ValueError, match="not valid xyxy boxes"):
+        image_processor.grounding_box_transform(torch.tensor([[10.0, 5.0, 90.0, 35.0]]), (40, 80))
+
+
+def test_bad_input_raises_clear_errors(processor, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        processor(images=rgb_image(), text="   ")
+    with pytest.raises(ValueError, match="give images, text or both"):
+        processor(images=None, text=None)
+    with pytest.raises(ValueError, match="batch size mismatch"):
+        processor(images=[rgb_image(), rgb_image()], text=["one question"])
+    with pytest.raises(ValueError, match="channels"):
+        processor(images=np.zeros((10, 10, 2), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        processor(images=np.full((10, 10, 3), 3.0))
+    with pytest.raises(ValueError, match="not found"):
+        processor(images=str(tmp_path / "missing.png"))
+    (tmp_path / "note.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="cannot read image"):
+        processor(images=str(tmp_path / "note.txt"))
+    with pytest.raises(ValueError, match="strings"):
+        processor(text=[3])
+
+
+def test_save_and_load_through_auto_processor(processor, tmp_path):
+    processor.save_pretrained(tmp_path)
+    MPLUGConfig().save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, MPLUGProcessor) and loaded.image_processor.image_size == 32
+    image = rgb_image()
+    assert torch.equal(loaded(images=image, text="hi")["input_ids"], processor(images=image, text="hi")["input_ids"])
+    assert torch.equal(loaded(images=image)["pixel_values"], processor(images=image)["pixel_values"])
