@@ -60,10 +60,15 @@ def test_videos_and_grounding_mode(processor):
     assert processor(images=frames)["pixel_values"].shape == (2, 2, 3, 32, 32)
     out = processor(images=rgb_image(80, 40), text="the cat", mode="grounding")
     assert out["pixel_values"].shape == (1, 3, 32, 32) and out["image_sizes"].tolist() == [[40, 80]]
-    assert (out["pixel_values"][0, :, 16:, :] == 0).all()  # the lower half is padding
+    # 80x40 → 32x16, centred as the original: rows 8..23 hold the image, the rest is zero padding
+    assert (out["pixel_values"][0, :, :8] == 0).all() and (out["pixel_values"][0, :, 24:] == 0).all()
+    assert (out["pixel_values"][0, :, 8:24] != 0).any(dim=0).all()
     image_processor = processor.image_processor
     boxes = torch.tensor([[10.0, 5.0, 50.0, 35.0]])
     normalised = image_processor.grounding_box_transform(boxes, (40, 80))
+    # the whole image maps to the centred band: cy = 0.5, height 16/32
+    whole = image_processor.grounding_box_transform(torch.tensor([[0.0, 0.0, 80.0, 40.0]]), (40, 80))
+    torch.testing.assert_close(whole, torch.tensor([[0.5, 0.5, 1.0, 0.5]]))
     torch.testing.assert_close(image_processor.grounding_box_inverse(normalised, (40, 80)), boxes)
     with pytest.raises(ValueError, match="not valid xyxy boxes"):
         image_processor.grounding_box_transform(torch.tensor([[10.0, 5.0, 90.0, 35.0]]), (40, 80))

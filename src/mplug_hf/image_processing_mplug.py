@@ -91,8 +91,9 @@ class MPLUGImageProcessor(BaseImageProcessor):
     r"""
     mPLUG's evaluation transform: square bicubic resize to `image_size` (a warp, no crop), scale to [0, 1], normalise
     with CLIP mean/std. The grounding transform (`mode="grounding"`) keeps the aspect ratio: the long side is resized
-    to `image_size` (bilinear), normalised with ImageNet mean/std, and the image is zero-padded at the bottom/right to
-    a square; `grounding_box_transform` / `grounding_box_inverse` map boxes between the input and the padded square.
+    to `image_size` (bilinear), normalised with ImageNet mean/std (the original's eval quirk), and zero-padded to a
+    centred square (offsets round(gap / 2 - 0.1), as the original's eval `NormalizeAndPad`);
+    `grounding_box_transform` / `grounding_box_inverse` map boxes between the input and the padded square.
 
     Args:
         image_size (`int`): output side.
@@ -138,18 +139,25 @@ class MPLUGImageProcessor(BaseImageProcessor):
     def grounding_scale(self, width: int, height: int) -> float:
         return self.image_size / max(width, height)
 
+    def grounding_layout(self, width: int, height: int) -> tuple[float, int, int, int, int]:
+        """Scale, resized width and height, and the (left, top) offsets of the image on the padded square."""
+        scale = self.grounding_scale(width, height)
+        new_width, new_height = max(1, round(width * scale)), max(1, round(height * scale))
+        left = round((self.image_size - new_width) / 2.0 - 0.1)
+        top = round((self.image_size - new_height) / 2.0 - 0.1)
+        return scale, new_width, new_height, left, top
+
     def transform_grounding(self, image) -> tuple[np.ndarray, tuple[int, int]]:
         """One image → padded square `(3, image_size, image_size)` and its original `(height, width)`."""
         image = load_image(image)
-        scale = self.grounding_scale(image.width, image.height)
-        new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        _, new_width, new_height, left, top = self.grounding_layout(image.width, image.height)
         resized = self._normalize(
-            image.resize(new_size, resample=Image.Resampling.BILINEAR),
+            image.resize((new_width, new_height), resample=Image.Resampling.BILINEAR),
             self.grounding_image_mean,
             self.grounding_image_std,
         )
         padded = np.zeros((3, self.image_size, self.image_size), dtype=np.float32)
-        padded[:, : resized.shape[1], : resized.shape[2]] = resized
+        padded[:, top : top + new_height, left : left + new_width] = resized
         return padded, (image.height, image.width)
 
     def grounding_box_transform(self, boxes_xyxy, image_size_hw) -> torch.Tensor:
@@ -159,7 +167,8 @@ class MPLUGImageProcessor(BaseImageProcessor):
         if ((boxes[:, 2:] < boxes[:, :2]).any() or (boxes[:, :2] < 0).any() or (boxes[:, 2] > width).any()
                 or (boxes[:, 3] > height).any()):  # fmt: skip
             raise ValueError(f"boxes {boxes.tolist()} are not valid xyxy boxes inside a {width}x{height} image")
-        boxes = boxes * self.grounding_scale(width, height) / self.image_size
+        scale, _, _, left, top = self.grounding_layout(width, height)
+        boxes = (boxes * scale + torch.tensor([left, top, left, top], dtype=torch.float32)) / self.image_size
         center = (boxes[:, :2] + boxes[:, 2:]) / 2
         return torch.cat([center, boxes[:, 2:] - boxes[:, :2]], dim=1)
 
@@ -169,7 +178,8 @@ class MPLUGImageProcessor(BaseImageProcessor):
         height, width = image_size_hw
         half = boxes[:, 2:] / 2
         xyxy = torch.cat([boxes[:, :2] - half, boxes[:, :2] + half], dim=1)
-        xyxy = xyxy * self.image_size / self.grounding_scale(width, height)
+        scale, _, _, left, top = self.grounding_layout(width, height)
+        xyxy = (xyxy * self.image_size - torch.tensor([left, top, left, top], dtype=torch.float32)) / scale
         limits = torch.tensor([width, height, width, height], dtype=torch.float32)
         return torch.minimum(xyxy.clamp(min=0), limits)
 
