@@ -123,15 +123,17 @@ def infer_config(
     hidden_size = word_embeddings.shape[1]
     bert_config = dict(bert_config or {})
     intermediate_key = next(k for k in state_dict if k.endswith("encoder.layer.0.intermediate.dense.weight"))
+    position_embeddings = state_dict.get(
+        "text_encoder.embeddings.position_embeddings.weight",
+        state_dict.get("text_decoder.bert.embeddings.position_embeddings.weight"),
+    )
     text = MPLUGTextConfig(
         vocab_size=word_embeddings.shape[0],
         hidden_size=hidden_size,
         num_attention_heads=bert_config.get("num_attention_heads", max(hidden_size // 64, 1)),
         intermediate_size=state_dict[intermediate_key].shape[0],
-        max_position_embeddings=state_dict[
-            intermediate_key.split("encoder.layer")[0] + "embeddings.position_embeddings.weight"
-        ].shape[0]
-        if intermediate_key.split("encoder.layer")[0] + "embeddings.position_embeddings.weight" in state_dict
+        max_position_embeddings=position_embeddings.shape[0]
+        if position_embeddings is not None
         else bert_config.get("max_position_embeddings", 512),
         layer_norm_eps=bert_config.get("layer_norm_eps", 1e-12),
         hidden_dropout_prob=bert_config.get("hidden_dropout_prob", 0.1),
@@ -274,7 +276,8 @@ def convert_state_dict(
 
     def put(source: str, target: str, value: torch.Tensor):
         converted[target] = value.detach().clone().contiguous()
-        report.mapped[source] = target
+        # a packed source (CLIP in_proj: q, k, v rows) lists every target it was split into
+        report.mapped[source] = f"{report.mapped[source]}, {target}" if source in report.mapped else target
 
     def drop(source: str, reason: str):
         report.dropped[source] = reason
@@ -287,11 +290,9 @@ def convert_state_dict(
             component = "visual"
         if key.startswith("visual_encoder.visual."):
             component = "visual"
-        if component in prefixes and prefixes[component] is None:
-            reason = _drop_reason(key)
-            drop(key, reason or f"{component} is not used by this task's forward pass")
-            continue
         reason = _drop_reason(key)
+        if reason is None and component in prefixes and prefixes[component] is None:
+            reason = f"{component} is not used by this task's forward pass"
         if reason is not None:
             drop(key, reason)
             continue
@@ -358,9 +359,7 @@ def _map_visual(key, value, prefix, num_patches, put) -> str | None:
     if sub in ("attn.in_proj_weight", "attn.in_proj_bias"):
         kind = sub.rsplit("_", 1)[1]
         for name, chunk in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
-            put(
-                key if name == "q_proj" else f"{key}[{name}]", f"{prefix}layers.{layer}.self_attn.{name}.{kind}", chunk
-            )
+            put(key, f"{prefix}layers.{layer}.self_attn.{name}.{kind}", chunk)
         return "<visual>"
     for old, new in _CLIP_LAYER_RENAMES:
         if sub.startswith(old):

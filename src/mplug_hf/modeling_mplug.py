@@ -834,6 +834,17 @@ def decoder_inputs_from_labels(labels: torch.Tensor, pad_token_id: int) -> torch
     return labels.masked_fill(labels == -100, pad_token_id)
 
 
+def resolve_decoder_input_ids(
+    decoder_input_ids: torch.LongTensor | None, labels: torch.LongTensor | None, pad_token_id: int
+) -> torch.LongTensor:
+    """The decoder input: given explicitly, or teacher forcing on `labels` (-100 → pad)."""
+    if decoder_input_ids is not None:
+        return decoder_input_ids
+    if labels is None:
+        raise ValueError("pass labels (training) or decoder_input_ids, or call generate()")
+    return decoder_inputs_from_labels(labels, pad_token_id)
+
+
 class MPLUGDecoderHeadMixin:
     """Shared by the heads with a BERT decoder: embeddings accessors, the cache-aware decoder call and the original
     beam search."""
@@ -1006,10 +1017,7 @@ class MPLUGForCaptioning(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Generation
         if encoder_outputs is None:
             encoder_outputs = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         memory = encoder_outputs.last_hidden_state
-        if decoder_input_ids is None:
-            if labels is None:
-                raise ValueError("pass labels (training) or decoder_input_ids, or call generate()")
-            decoder_input_ids = decoder_inputs_from_labels(labels, self.config.pad_token_id)
+        decoder_input_ids = resolve_decoder_input_ids(decoder_input_ids, labels, self.config.pad_token_id)
         if decoder_input_ids.shape[0] != memory.shape[0]:
             raise ValueError(
                 f"batch size mismatch: {memory.shape[0]} images but {decoder_input_ids.shape[0]} captions"
@@ -1105,10 +1113,7 @@ class MPLUGForQuestionAnswering(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Gen
                 interpolate_pos_encoding=interpolate_pos_encoding,
             )
         memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
-        if decoder_input_ids is None:
-            if labels is None:
-                raise ValueError("pass labels (training) or decoder_input_ids, or call generate()")
-            decoder_input_ids = decoder_inputs_from_labels(labels, self.config.pad_token_id)
+        decoder_input_ids = resolve_decoder_input_ids(decoder_input_ids, labels, self.config.pad_token_id)
         if answer_counts is not None:
             answer_counts = torch.as_tensor(answer_counts, device=memory.device)
             if answer_counts.shape != (memory.shape[0],) or int(answer_counts.sum()) != decoder_input_ids.shape[0]:
