@@ -108,7 +108,7 @@ class MPLUGAttention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         key_value_states: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
@@ -116,29 +116,29 @@ class MPLUGAttention(nn.Module):
             hidden_states: `(batch, q_len, hidden)` queries (and keys/values for self-attention).
             attention_mask: mask prepared by `transformers.masking_utils` for the active implementation, or None.
             key_value_states: `(batch, kv_len, hidden)` states attended to by cross-attention.
-            past_key_values: generation cache; an [`EncoderDecoderCache`] in the decoder.
+            cache: generation cache; an [`EncoderDecoderCache`] in the decoder.
         Returns:
             `(batch, q_len, hidden)` output projection and the attention probabilities (eager only).
         """
         query = self._split_heads(self.q_proj(hidden_states))
         if self.is_cross_attention:
-            if past_key_values is not None and past_key_values.is_updated.get(self.layer_idx):
-                cached = past_key_values.cross_attention_cache.layers[self.layer_idx]
+            if cache is not None and cache.is_updated.get(self.layer_idx):
+                cached = cache.cross_attention_cache.layers[self.layer_idx]
                 key, value = cached.keys, cached.values
             else:
                 key = self._split_heads(self.k_proj(key_value_states))
                 value = self._split_heads(self.v_proj(key_value_states))
-                if past_key_values is not None:
-                    key, value = past_key_values.cross_attention_cache.update(key, value, self.layer_idx)
-                    past_key_values.is_updated[self.layer_idx] = True
+                if cache is not None:
+                    key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
+                    cache.is_updated[self.layer_idx] = True
         else:
             key = self._split_heads(self.k_proj(hidden_states))
             value = self._split_heads(self.v_proj(hidden_states))
-            if past_key_values is not None:
+            if cache is not None:
                 self_cache = (
-                    past_key_values.self_attention_cache
-                    if isinstance(past_key_values, EncoderDecoderCache)
-                    else past_key_values
+                    cache.self_attention_cache
+                    if isinstance(cache, EncoderDecoderCache)
+                    else cache
                 )
                 key, value = self_cache.update(key, value, self.layer_idx)
 
@@ -264,14 +264,14 @@ class MPLUGTextEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.position_ids = nn.Buffer(torch.arange(config.max_position_embeddings).expand((1, -1)), persistent=False)
 
-    def forward(self, input_ids: torch.LongTensor, past_key_values_length: int = 0) -> torch.Tensor:
+    def forward(self, input_ids: torch.LongTensor, past_length: int = 0) -> torch.Tensor:
         seq_length = input_ids.shape[1]
-        if past_key_values_length + seq_length > self.position_ids.shape[1]:
+        if past_length + seq_length > self.position_ids.shape[1]:
             raise ValueError(
-                f"text of {past_key_values_length + seq_length} tokens exceeds max_position_embeddings "
+                f"text of {past_length + seq_length} tokens exceeds max_position_embeddings "
                 f"({self.position_ids.shape[1]}); truncate it in the processor"
             )
-        position_ids = self.position_ids[:, past_key_values_length : past_key_values_length + seq_length]
+        position_ids = self.position_ids[:, past_length : past_length + seq_length]
         # mPLUG never passes token types: every token has type 0.
         embeddings = (
             self.word_embeddings(input_ids)
@@ -315,17 +315,17 @@ class MPLUGTextLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        attn_output, _ = self.self_attn(hidden_states, attention_mask, past_key_values=past_key_values, **kwargs)
+        attn_output, _ = self.self_attn(hidden_states, attention_mask, cache=cache, **kwargs)
         hidden_states = self.self_attn_layer_norm(hidden_states + self.dropout(attn_output))
         if self.cross_attn is not None:
             attn_output, _ = self.cross_attn(
                 hidden_states,
                 encoder_attention_mask,
                 key_value_states=encoder_hidden_states,
-                past_key_values=past_key_values,
+                cache=cache,
                 **kwargs,
             )
             hidden_states = self.cross_attn_layer_norm(hidden_states + self.dropout(attn_output))
@@ -356,7 +356,7 @@ class MPLUGTextModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPastAndCrossAttentions:
@@ -373,17 +373,17 @@ class MPLUGTextModel(nn.Module):
             raise ValueError(f"input_ids must be (batch, length) with length >= 1, got shape {tuple(input_ids.shape)}")
         if self.is_decoder and encoder_hidden_states is None:
             raise ValueError("the decoder needs encoder_hidden_states (the memory it cross-attends to)")
-        if use_cache and past_key_values is None:
-            past_key_values = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        hidden_states = self.embeddings(input_ids, past_key_values_length=past_length)
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        past_length = cache.get_seq_length() if cache is not None else 0
+        hidden_states = self.embeddings(input_ids, past_length=past_length)
 
         if self.is_decoder:
             self_mask = create_causal_mask(
                 config=self.config,
                 inputs_embeds=hidden_states,
                 attention_mask=attention_mask,
-                past_key_values=past_key_values,
+                cache=cache,
             )
             cross_mask = create_bidirectional_mask(
                 config=self.config,
@@ -403,11 +403,11 @@ class MPLUGTextModel(nn.Module):
                 self_mask,
                 encoder_hidden_states,
                 encoder_attention_mask=cross_mask,
-                past_key_values=past_key_values,
+                cache=cache,
                 **kwargs,
             )
         return BaseModelOutputWithPastAndCrossAttentions(
-            last_hidden_state=hidden_states, past_key_values=past_key_values if use_cache else None
+            last_hidden_state=hidden_states, cache=cache if use_cache else None
         )
 
 
@@ -498,7 +498,7 @@ class MPLUGTextDecoder(nn.Module):
         encoder_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, Cache | None]:
@@ -508,11 +508,11 @@ class MPLUGTextDecoder(nn.Module):
             attention_mask=attention_mask,
             encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=encoder_attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             **kwargs,
         )
-        return self.lm_head(outputs.last_hidden_state), outputs.past_key_values
+        return self.lm_head(outputs.last_hidden_state), outputs.cache
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -532,7 +532,7 @@ class MPLUGPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
     _no_split_modules = ["MPLUGVisionLayer", "MPLUGTextLayer", "MPLUGTextEmbeddings"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
 
     def __init__(self, config: MPLUGConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)
@@ -725,7 +725,7 @@ class MPLUGSeq2SeqOutput(ModelOutput):
     Args:
         loss (`torch.FloatTensor` of shape `()`, returned with `labels`): the task loss (see the head).
         logits (`torch.FloatTensor` of shape `(batch_size, target_length, vocab_size)`): decoder logits.
-        past_key_values ([`EncoderDecoderCache`]): decoder self- and cross-attention cache.
+        cache ([`EncoderDecoderCache`]): decoder self- and cross-attention cache.
         encoder_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, memory_length, hidden_size)`): the
             memory the decoder attended to.
         encoder_attention_mask (`torch.LongTensor` of shape `(batch_size, memory_length)`): its mask.
@@ -733,7 +733,7 @@ class MPLUGSeq2SeqOutput(ModelOutput):
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     encoder_last_hidden_state: torch.FloatTensor | None = None
     encoder_attention_mask: torch.LongTensor | None = None
 
@@ -868,18 +868,18 @@ class MPLUGDecoderHeadMixin:
         memory: torch.Tensor,
         memory_mask: torch.Tensor | None,
         decoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool = False,
     ) -> tuple[torch.Tensor, Cache | None]:
-        if use_cache and not isinstance(past_key_values, EncoderDecoderCache):
+        if use_cache and not isinstance(cache, EncoderDecoderCache):
             # generate() may hand over a plain DynamicCache: cross-attention needs its own cache beside it.
-            past_key_values = EncoderDecoderCache(past_key_values or DynamicCache(), DynamicCache())
+            cache = EncoderDecoderCache(cache or DynamicCache(), DynamicCache())
         return self.text_decoder(
             decoder_input_ids,
             memory,
             attention_mask=decoder_attention_mask,
             encoder_attention_mask=memory_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
         )
 
@@ -926,7 +926,7 @@ class MPLUGDecoderHeadMixin:
         done = [False] * batch_size
         cache, step_input = None, alive
         for step in range(max_length):
-            logits, cache = self._run_decoder(step_input, memory, memory_mask, past_key_values=cache, use_cache=True)
+            logits, cache = self._run_decoder(step_input, memory, memory_mask, cache=cache, use_cache=True)
             log_probs = torch.log(torch.softmax(logits[:, -1].float(), dim=-1))
             vocab_size = log_probs.shape[-1]
             if step < min_length:
@@ -1003,7 +1003,7 @@ class MPLUGForCaptioning(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Generation
         decoder_attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         encoder_outputs: BaseModelOutput | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         interpolate_pos_encoding: bool = False,
         **kwargs,
@@ -1022,15 +1022,15 @@ class MPLUGForCaptioning(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Generation
             raise ValueError(
                 f"batch size mismatch: {memory.shape[0]} images but {decoder_input_ids.shape[0]} captions"
             )
-        logits, past_key_values = self._run_decoder(
-            decoder_input_ids, memory, None, decoder_attention_mask, past_key_values, bool(use_cache)
+        logits, cache = self._run_decoder(
+            decoder_input_ids, memory, None, decoder_attention_mask, cache, bool(use_cache)
         )
         loss = None
         if labels is not None:
             token_loss = shifted_token_cross_entropy(logits, labels)
             loss = token_loss.sum() / (labels[:, 1:] != -100).sum().clamp(min=1)
         return MPLUGSeq2SeqOutput(
-            loss=loss, logits=logits, past_key_values=past_key_values, encoder_last_hidden_state=memory
+            loss=loss, logits=logits, cache=cache, encoder_last_hidden_state=memory
         )
 
     @torch.no_grad()
@@ -1093,7 +1093,7 @@ class MPLUGForQuestionAnswering(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Gen
         answer_counts: torch.LongTensor | None = None,
         answer_weights: torch.Tensor | None = None,
         encoder_outputs: MPLUGModelOutput | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         interpolate_pos_encoding: bool = False,
         **kwargs,
@@ -1128,8 +1128,8 @@ class MPLUGForQuestionAnswering(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Gen
                 f"batch size mismatch: {memory.shape[0]} questions but {decoder_input_ids.shape[0]} answers; "
                 "pass answer_counts for several answers per question"
             )
-        logits, past_key_values = self._run_decoder(
-            decoder_input_ids, memory, memory_mask, decoder_attention_mask, past_key_values, bool(use_cache)
+        logits, cache = self._run_decoder(
+            decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache, bool(use_cache)
         )
         loss = None
         if labels is not None:
@@ -1145,7 +1145,7 @@ class MPLUGForQuestionAnswering(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Gen
         return MPLUGSeq2SeqOutput(
             loss=loss,
             logits=logits,
-            past_key_values=past_key_values,
+            cache=cache,
             encoder_last_hidden_state=memory,
             encoder_attention_mask=memory_mask,
         )
@@ -1486,7 +1486,7 @@ class MPLUGForGrounding(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel):
 
     def _bin_logits(self, decoder_input_ids, memory, memory_mask, cache=None) -> tuple[torch.Tensor, Cache | None]:
         logits, cache = self._run_decoder(
-            decoder_input_ids, memory, memory_mask, past_key_values=cache, use_cache=cache is not None
+            decoder_input_ids, memory, memory_mask, cache=cache, use_cache=cache is not None
         )
         return logits[..., self._bin_ids], cache
 
