@@ -121,6 +121,7 @@ class MPLUGAttention(nn.Module):
             `(batch, q_len, hidden)` output projection and the attention probabilities (eager only).
         """
         query = self._split_heads(self.q_proj(hidden_states))
+        batch_size, query_length = hidden_states.shape[:2]
         if self.is_cross_attention:
             if cache is not None and cache.is_updated.get(self.layer_idx):
                 cached = cache.cross_attention_cache.layers[self.layer_idx]
@@ -135,12 +136,15 @@ class MPLUGAttention(nn.Module):
             key = self._split_heads(self.k_proj(hidden_states))
             value = self._split_heads(self.v_proj(hidden_states))
             if cache is not None:
-                self_cache = (
-                    cache.self_attention_cache
-                    if isinstance(cache, EncoderDecoderCache)
-                    else cache
-                )
+                self_cache = cache.self_attention_cache if isinstance(cache, EncoderDecoderCache) else cache
                 key, value = self_cache.update(key, value, self.layer_idx)
+
+        # Beams / candidate answers share their item's memory: a query batch `group` times larger than the memory
+        # batch attends as `group` times longer queries of the memory rows (no tiled memory, no copied K/V).
+        group = batch_size // key.shape[0]
+        if group > 1:
+            query = query.view(key.shape[0], group, *query.shape[1:]).transpose(1, 2)
+            query = query.reshape(key.shape[0], self.num_heads, group * query_length, self.head_dim)
 
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -155,7 +159,8 @@ class MPLUGAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )
-        attn_output = attn_output.reshape(*hidden_states.shape[:-1], -1).contiguous()
+        # (memory_batch, group * q_len, heads, head_dim) rows are item-major, so this is the (batch, q_len, …) layout.
+        attn_output = attn_output.reshape(batch_size, query_length, -1).contiguous()
         return self.o_proj(attn_output), attn_weights
 
 
@@ -364,8 +369,10 @@ class MPLUGTextModel(nn.Module):
         Args:
             input_ids: `(batch, length)` token ids.
             attention_mask: `(batch, past_length + length)` 1/0 padding mask.
-            encoder_hidden_states: `(batch, memory_length, hidden)` memory (decoder only).
-            encoder_attention_mask: `(batch, memory_length)` 1/0 mask of the memory.
+            encoder_hidden_states: `(memory_batch, memory_length, hidden)` memory (decoder only). `batch` may be a
+                multiple of `memory_batch`: rows `i * group … (i + 1) * group - 1` (beams, candidate answers) then
+                share memory row `i`, which is never tiled.
+            encoder_attention_mask: `(memory_batch, memory_length)` 1/0 mask of the memory.
         Returns:
             `last_hidden_state` `(batch, length, hidden)` and, with `use_cache`, the cache.
         """
@@ -373,6 +380,11 @@ class MPLUGTextModel(nn.Module):
             raise ValueError(f"input_ids must be (batch, length) with length >= 1, got shape {tuple(input_ids.shape)}")
         if self.is_decoder and encoder_hidden_states is None:
             raise ValueError("the decoder needs encoder_hidden_states (the memory it cross-attends to)")
+        if self.is_decoder and input_ids.shape[0] % encoder_hidden_states.shape[0]:
+            raise ValueError(
+                f"batch size mismatch: {input_ids.shape[0]} decoder rows cannot share {encoder_hidden_states.shape[0]} "
+                "memory rows (the decoder batch must be a multiple of the memory batch)"
+            )
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         past_length = cache.get_seq_length() if cache is not None else 0
@@ -385,9 +397,11 @@ class MPLUGTextModel(nn.Module):
                 attention_mask=attention_mask,
                 cache=cache,
             )
+            memory_batch = encoder_hidden_states.shape[0]
             cross_mask = create_bidirectional_mask(
                 config=self.config,
-                inputs_embeds=hidden_states,
+                # the shape cross-attention sees: each memory row's group of queries (see MPLUGAttention)
+                inputs_embeds=hidden_states.view(memory_batch, -1, hidden_states.shape[-1]),
                 attention_mask=encoder_attention_mask,
                 encoder_hidden_states=encoder_hidden_states,
             )
@@ -883,6 +897,24 @@ class MPLUGDecoderHeadMixin:
             use_cache=use_cache,
         )
 
+    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, **model_kwargs):
+        """Expand the decoder inputs for beams / returned sequences, but not the encoder states: the decoder shares
+        each item's memory across its `expand_size` rows (see [`MPLUGTextModel`])."""
+        encoder_outputs = model_kwargs.pop("encoder_outputs", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(expand_size, False, **model_kwargs)
+        model_kwargs["encoder_outputs"] = encoder_outputs
+        return input_ids, model_kwargs
+
+    @staticmethod
+    def _reorder_cache(cache: EncoderDecoderCache, beam_idx: torch.LongTensor) -> EncoderDecoderCache:
+        """Beam search reorders the self-attention cache; cross-attention K/V shared per item (smaller batch) stay,
+        since beams only move within their item."""
+        cache.self_attention_cache.reorder_cache(beam_idx)
+        cross_cache = cache.cross_attention_cache
+        if cross_cache.get_seq_length() > 0 and cross_cache.layers[0].keys.shape[0] == beam_idx.shape[0]:
+            cross_cache.reorder_cache(beam_idx)
+        return cache
+
     @torch.no_grad()
     def original_beam_search(
         self,
@@ -896,7 +928,7 @@ class MPLUGDecoderHeadMixin:
     ) -> MPLUGBeamSearchOutput:
         """
         The beam search of the original `TextGenerator` (OpenNMT style), with a KV cache instead of re-running the
-        prefix: per step log(softmax) of the last logits; EOS forbidden (-1e20) before `min_length`; length penalty
+        prefix and the memory shared by the beams instead of tiled: per step log(softmax) of the last logits; EOS forbidden (-1e20) before `min_length`; length penalty
         ((5 + step + 1) / 6) ** 0.6; candidates ranked by cumulative / penalty over beams × vocabulary. A beam that
         emits EOS is recorded with its normalised score and keeps extending; an item ends when its best beam emits EOS
         or at `max_length`, and then every current beam is recorded. Hypotheses are sorted by score.
@@ -915,8 +947,6 @@ class MPLUGDecoderHeadMixin:
             prompt_ids = torch.full(
                 (batch_size, 1), self.config.decoder_start_token_id, dtype=torch.long, device=device
             )
-        memory = memory.repeat_interleave(num_beams, dim=0)
-        memory_mask = memory_mask.repeat_interleave(num_beams, dim=0) if memory_mask is not None else None
         alive = prompt_ids.repeat_interleave(num_beams, dim=0)
         cumulative = torch.full((batch_size, num_beams), float("-inf"), device=device)
         cumulative[:, 0] = 0.0
@@ -939,7 +969,7 @@ class MPLUGDecoderHeadMixin:
             origins = (topk_ids // vocab_size + beam_offsets).view(-1)
             tokens = topk_ids.fmod(vocab_size)
             alive = torch.cat([alive.index_select(0, origins), tokens.view(-1, 1)], dim=1)
-            cache.reorder_cache(origins)
+            self._reorder_cache(cache, origins)
             finished = tokens.eq(eos_token_id)
             if step + 1 == max_length:
                 finished.fill_(True)
@@ -1011,17 +1041,14 @@ class MPLUGForCaptioning(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Generation
         """
         Args:
             pixel_values: `(batch, 3, S, S)` images (or `(batch, frames, 3, S, S)` videos).
-            decoder_input_ids: `(batch, length)` caption ids starting with `[CLS]`; defaults to `labels`.
-            labels: `(batch, length)` `[CLS] caption [SEP]`, -100 where no loss is wanted.
+            decoder_input_ids: `(batch · n, length)` caption ids starting with `[CLS]`, n ≥ 1 captions per image in
+                image order (the image tokens are shared, not tiled); defaults to `labels`.
+            labels: `(batch · n, length)` `[CLS] caption [SEP]`, -100 where no loss is wanted.
         """
         if encoder_outputs is None:
             encoder_outputs = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         memory = encoder_outputs.last_hidden_state
         decoder_input_ids = resolve_decoder_input_ids(decoder_input_ids, labels, self.config.pad_token_id)
-        if decoder_input_ids.shape[0] != memory.shape[0]:
-            raise ValueError(
-                f"batch size mismatch: {memory.shape[0]} images but {decoder_input_ids.shape[0]} captions"
-            )
         logits, cache = self._run_decoder(
             decoder_input_ids, memory, None, decoder_attention_mask, cache, bool(use_cache)
         )
@@ -1029,9 +1056,7 @@ class MPLUGForCaptioning(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Generation
         if labels is not None:
             token_loss = shifted_token_cross_entropy(logits, labels)
             loss = token_loss.sum() / (labels[:, 1:] != -100).sum().clamp(min=1)
-        return MPLUGSeq2SeqOutput(
-            loss=loss, logits=logits, cache=cache, encoder_last_hidden_state=memory
-        )
+        return MPLUGSeq2SeqOutput(loss=loss, logits=logits, cache=cache, encoder_last_hidden_state=memory)
 
     @torch.no_grad()
     def generate_original(
@@ -1059,7 +1084,8 @@ class MPLUGForQuestionAnswering(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Gen
     Training with several weighted answers per question (the original's `k`/`weights`): `labels` hold all answers
     `(num_answers, length)` as `[CLS] answer [SEP]` (-100 padding), `answer_counts[b]` says how many belong to
     question b (in order) and `answer_weights` weighs each; loss = Σ weight · (summed token CE of the answer) /
-    batch_size. Without `answer_counts` every question has one answer of weight 1.
+    batch_size. Without `answer_counts` the answers divide evenly over the questions in order (one each unless more are
+    given; generation uses this to share the memory across beams), weight 1 by default.
 
     Inference: `generate()` for free answers, `generate_original()` for the original beam search, `rank_answers()`
     to pick from a closed answer list.
@@ -1121,13 +1147,10 @@ class MPLUGForQuestionAnswering(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Gen
                     f"answer_counts {answer_counts.tolist()} must have one entry per question ({memory.shape[0]}) and "
                     f"sum to the number of answers ({decoder_input_ids.shape[0]})"
                 )
-            memory = memory.repeat_interleave(answer_counts, dim=0)
-            memory_mask = memory_mask.repeat_interleave(answer_counts, dim=0)
-        elif decoder_input_ids.shape[0] != memory.shape[0]:
-            raise ValueError(
-                f"batch size mismatch: {memory.shape[0]} questions but {decoder_input_ids.shape[0]} answers; "
-                "pass answer_counts for several answers per question"
-            )
+            if bool((answer_counts != answer_counts[0]).any()):
+                # uneven answer counts cannot share memory rows as equal groups: tile each question's memory
+                memory = memory.repeat_interleave(answer_counts, dim=0)
+                memory_mask = memory_mask.repeat_interleave(answer_counts, dim=0)
         logits, cache = self._run_decoder(
             decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache, bool(use_cache)
         )
@@ -1217,12 +1240,8 @@ class MPLUGForQuestionAnswering(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Gen
         chosen_ids = candidate_ids.index_select(0, topk_ids.view(-1))
         chosen_mask = candidate_attention_mask.index_select(0, topk_ids.view(-1))
         labels = chosen_ids.masked_fill(chosen_mask == 0, -100)
-        logits, _ = self._run_decoder(
-            chosen_ids,
-            memory.repeat_interleave(k, dim=0),
-            memory_mask.repeat_interleave(k, dim=0),
-            decoder_attention_mask=chosen_mask,
-        )
+        # one decoder pass over all batch × k candidates; each question's memory is shared by its k candidates
+        logits, _ = self._run_decoder(chosen_ids, memory, memory_mask, decoder_attention_mask=chosen_mask)
         answer_nll = shifted_token_cross_entropy(logits, labels).sum(dim=1).view(batch_size, k)
         scores = topk_probs.log() - answer_nll
         probs = scores.softmax(dim=1)

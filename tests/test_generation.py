@@ -1,0 +1,63 @@
+"""The fast paths: memory shared by beams / candidates instead of tiled, and HF beam search over it."""
+
+from unittest.mock import patch
+
+import pytest
+import torch
+from transformers import GenerationMixin
+
+from mplug_hf import MPLUGForCaptioning, MPLUGForQuestionAnswering
+from tests.conftest import tiny_config
+
+
+def build(cls, attn_implementation="eager"):
+    torch.manual_seed(0)
+    config = tiny_config()
+    config._attn_implementation = attn_implementation
+    return cls(config).eval()
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_shared_memory_equals_tiled_memory(inputs, attn_implementation):
+    model = build(MPLUGForQuestionAnswering, attn_implementation)
+    with torch.no_grad():
+        encoded = model.mplug(**inputs)
+        memory, memory_mask = encoded.last_hidden_state, encoded.encoder_attention_mask
+        answers = torch.tensor([[101, 5, 6, 102], [101, 7, 102, 0], [101, 8, 9, 10]] * 2)
+        answer_mask = (answers != 0).long()
+        shared, _ = model._run_decoder(answers, memory, memory_mask, answer_mask)
+        tiled, _ = model._run_decoder(
+            answers, memory.repeat_interleave(3, 0), memory_mask.repeat_interleave(3, 0), answer_mask
+        )
+    torch.testing.assert_close(shared, tiled, atol=1e-5, rtol=1e-5)
+
+
+def test_decoder_batch_must_be_a_multiple_of_memory_batch(inputs):
+    model = build(MPLUGForQuestionAnswering)
+    encoded = model.mplug(**inputs)
+    with pytest.raises(ValueError, match="multiple of the memory batch"):
+        model._run_decoder(torch.tensor([[101]] * 3), encoded.last_hidden_state, encoded.encoder_attention_mask)
+
+
+@pytest.mark.parametrize("cls", [MPLUGForCaptioning, MPLUGForQuestionAnswering])
+def test_beam_search_shares_memory_and_matches_tiled_decoding(inputs, cls):
+    """HF beam search over untiled encoder states gives the sequences and scores of the stock (tiling) expansion,
+    while projecting the cross-attention K/V once per item instead of once per beam."""
+    model = build(cls)
+    model_inputs = inputs if cls is MPLUGForQuestionAnswering else {"pixel_values": inputs["pixel_values"]}
+    settings = dict(
+        num_beams=3, num_return_sequences=2, max_new_tokens=6, return_dict_in_generate=True, output_scores=True
+    )
+    projected_rows = []
+    hook = model.text_decoder.model.layers[0].cross_attn.k_proj.register_forward_hook(
+        lambda module, args, out: projected_rows.append(args[0].shape[0])
+    )
+    with torch.no_grad():
+        shared = model.generate(**model_inputs, **settings)
+        assert projected_rows == [2]
+        with patch.object(cls, "_expand_inputs_for_generation", GenerationMixin._expand_inputs_for_generation):
+            tiled = model.generate(**model_inputs, **settings)
+    hook.remove()
+    assert projected_rows[-1] == 6
+    assert shared.sequences.tolist() == tiled.sequences.tolist()
+    torch.testing.assert_close(shared.sequences_scores, tiled.sequences_scores, atol=1e-5, rtol=1e-5)
