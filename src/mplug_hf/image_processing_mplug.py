@@ -87,6 +87,103 @@ def load_image(image) -> Image.Image:
     return image.convert("RGB")
 
 
+FRAME_FILE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def sample_frame_indices(num_available: int, num_frames: int) -> list[int]:
+    """
+    Uniform sampling: frame `floor(i · num_available / num_frames)` for i = 0..num_frames-1, the start of each of
+    `num_frames` equal segments (the original's "uniform" strategy; its `np.arange(0, n, n / T, dtype=int)` truncates
+    the step to an integer, so for n not a multiple of T it covers only the start of the video). Frames repeat when
+    fewer are available than requested.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+    if num_available < 1:
+        raise ValueError("the video has no frames")
+    return [index * num_available // num_frames for index in range(num_frames)]
+
+
+def _read_video_with_pyav(path: str, num_frames: int) -> list[Image.Image]:
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        if stream.frames > 0:
+            # Decode only up to the last wanted frame; the stored frame count can be wrong, then decode everything.
+            indices = sample_frame_indices(stream.frames, num_frames)
+            wanted, picked = set(indices), {}
+            for index, frame in enumerate(container.decode(stream)):
+                if index in wanted:
+                    picked[index] = frame.to_image()
+                if index == indices[-1]:
+                    return [picked[index] for index in indices]
+    with av.open(path) as container:
+        frames = [frame.to_image() for frame in container.decode(container.streams.video[0])]
+    return [frames[index] for index in sample_frame_indices(len(frames), num_frames)]
+
+
+def _read_video_with_decord(path: str, num_frames: int) -> list[Image.Image]:
+    import decord
+
+    reader = decord.VideoReader(path)
+    batch = reader.get_batch(sample_frame_indices(len(reader), num_frames)).asnumpy()
+    return [Image.fromarray(frame) for frame in batch]
+
+
+def read_video(path: str, num_frames: int) -> list[Image.Image]:
+    """`num_frames` uniformly sampled frames of a video file, decoded with PyAV, or decord when PyAV is missing."""
+    for module_name, reader in (("av", _read_video_with_pyav), ("decord", _read_video_with_decord)):
+        try:
+            __import__(module_name)
+        except ImportError:
+            continue
+        try:
+            return reader(path, num_frames)
+        except (OSError, RuntimeError, IndexError, ValueError) as error:
+            raise ValueError(f"cannot decode video {path} with {module_name}: {error}") from error
+    raise ImportError(
+        f"reading the video file {path} needs PyAV (`pip install av`) or decord (`pip install decord`); without "
+        "them, pass the frames as a list of images or a folder of frame images"
+    )
+
+
+def sample_frames(frames_or_path, num_frames: int) -> list[Image.Image]:
+    """
+    `num_frames` uniformly sampled frames (see [`sample_frame_indices`]) as PIL RGB images.
+
+    Args:
+        frames_or_path: a list of frames (PIL images, arrays, tensors or image paths; only the sampled ones are
+            loaded), a folder of frame images (sorted by file name), or a video file (needs PyAV or decord).
+        num_frames: how many frames to return.
+    """
+    if isinstance(frames_or_path, (str, os.PathLike)):
+        path = os.fspath(frames_or_path)
+        if os.path.isdir(path):
+            frames_or_path = [
+                os.path.join(path, name)
+                for name in sorted(os.listdir(path))
+                if name.lower().endswith(FRAME_FILE_EXTENSIONS)
+            ]
+            if not frames_or_path:
+                raise ValueError(f"the frame folder {path} holds no {'/'.join(FRAME_FILE_EXTENSIONS)} images")
+        elif os.path.isfile(path):
+            if num_frames < 1:
+                raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+            return read_video(path, num_frames)
+        else:
+            raise ValueError(f"video file or frame folder not found: {path}")
+    if isinstance(frames_or_path, (np.ndarray, torch.Tensor)) and frames_or_path.ndim == 4:
+        frames_or_path = list(frames_or_path)
+    if not isinstance(frames_or_path, (list, tuple)):
+        raise ValueError(
+            f"frames must be a list of images, a frame folder or a video path, got {type(frames_or_path).__name__}"
+        )
+    if not frames_or_path:
+        raise ValueError("the list of frames is empty")
+    return [load_image(frames_or_path[index]) for index in sample_frame_indices(len(frames_or_path), num_frames)]
+
+
 class MPLUGImageProcessor(BaseImageProcessor):
     r"""
     mPLUG's evaluation transform: square bicubic resize to `image_size` (a warp, no crop), scale to [0, 1], normalise
@@ -221,5 +318,10 @@ class MPLUGImageProcessor(BaseImageProcessor):
         pixel_values = np.stack([self.transform(image) for image in batch])
         return BatchFeature({"pixel_values": pixel_values}, tensor_type=return_tensors)
 
+    def sample_frames(self, frames_or_path, num_frames: int) -> list[Image.Image]:
+        """`num_frames` uniformly sampled frames of a list of frames, a frame folder or a video file, ready for
+        `preprocess([frames, ...])`; see [`sample_frames`]."""
+        return sample_frames(frames_or_path, num_frames)
 
-__all__ = ["MPLUGImageProcessor", "load_image"]
+
+__all__ = ["MPLUGImageProcessor", "load_image", "read_video", "sample_frame_indices", "sample_frames"]
