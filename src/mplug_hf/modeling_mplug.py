@@ -1239,14 +1239,138 @@ class MPLUGForQuestionAnswering(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Gen
 
         chosen_ids = candidate_ids.index_select(0, topk_ids.view(-1))
         chosen_mask = candidate_attention_mask.index_select(0, topk_ids.view(-1))
-        labels = chosen_ids.masked_fill(chosen_mask == 0, -100)
-        # one decoder pass over all batch × k candidates; each question's memory is shared by its k candidates
-        logits, _ = self._run_decoder(chosen_ids, memory, memory_mask, decoder_attention_mask=chosen_mask)
-        answer_nll = shifted_token_cross_entropy(logits, labels).sum(dim=1).view(batch_size, k)
-        scores = topk_probs.log() - answer_nll
+        answer_log_likelihood, _ = self._answer_log_likelihoods(memory, memory_mask, chosen_ids, chosen_mask)
+        scores = topk_probs.log() + answer_log_likelihood
         probs = scores.softmax(dim=1)
         order = probs.argsort(dim=1, descending=True)
         return topk_ids.gather(1, order), probs.gather(1, order)
+
+    def _answer_log_likelihoods(
+        self, memory: torch.Tensor, memory_mask: torch.Tensor, answer_ids: torch.LongTensor, answer_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Teacher-forced log-likelihood of `[CLS] answer [SEP]` rows, `group` consecutive rows per memory row, in one
+        decoder pass that shares each memory row across its group. Returns the summed log-probabilities of the tokens
+        after `[CLS]` and their counts, both `(memory_batch, group)`.
+        """
+        labels = answer_ids.masked_fill(answer_mask == 0, -100)
+        logits, _ = self._run_decoder(answer_ids, memory, memory_mask, decoder_attention_mask=answer_mask)
+        token_nll = shifted_token_cross_entropy(logits, labels)
+        batch_size = memory.shape[0]
+        return -token_nll.sum(dim=1).view(batch_size, -1), (labels[:, 1:] != -100).sum(dim=1).view(batch_size, -1)
+
+    def _encode_questions(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        pixel_values: torch.Tensor,
+        image_indices: torch.LongTensor | None,
+    ) -> MPLUGModelOutput:
+        """Encode each image once and fuse it with every question asking about it (`image_indices[q]` = its image)."""
+        if image_indices is None:
+            if pixel_values.shape[0] != input_ids.shape[0]:
+                raise ValueError(
+                    f"batch size mismatch: {pixel_values.shape[0]} images but {input_ids.shape[0]} questions; "
+                    "pass image_indices to ask several questions about one image"
+                )
+        else:
+            image_indices = torch.as_tensor(image_indices, device=input_ids.device)
+            if image_indices.shape != (input_ids.shape[0],):
+                raise ValueError(f"image_indices must have one entry per question ({input_ids.shape[0]})")
+            if image_indices.numel() and not 0 <= int(image_indices.min()) <= int(image_indices.max()) < len(
+                pixel_values
+            ):
+                raise ValueError(f"image_indices must lie in [0, {len(pixel_values) - 1}] (one per image)")
+        validate_pixel_values(pixel_values, self.config.vision_config, False)
+        image_embeds = self.mplug.get_image_features(pixel_values)
+        if image_indices is not None:
+            image_embeds = image_embeds.index_select(0, image_indices)
+        text_embeds = self.mplug.get_text_features(input_ids, attention_mask)
+        return self.mplug.fuse(image_embeds, text_embeds, attention_mask)
+
+    @torch.no_grad()
+    def score_yes_no(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor,
+        yes_token_id: int,
+        no_token_id: int,
+        attention_mask: torch.Tensor | None = None,
+        image_indices: torch.LongTensor | None = None,
+        full_sequence: bool = False,
+    ) -> torch.Tensor:
+        """
+        P(yes) of yes/no questions, the text-to-image judge's score (DPG-Bench, TIFA yes/no items), batched.
+
+        With `full_sequence=False` the decoder's first answer token decides: softmax of its logits restricted to
+        {yes, no}. With `full_sequence=True` the likelihoods of the whole answers `[CLS] yes [SEP]` and
+        `[CLS] no [SEP]` are compared instead (the [SEP] term also counts, as when the original ranks answers).
+
+        Args:
+            input_ids, attention_mask: `(num_questions, q_len)` questions.
+            pixel_values: `(num_images, 3, S, S)`; each image is encoded once.
+            yes_token_id, no_token_id: the word pieces of "yes" and "no" (`processor.tokenizer.convert_tokens_to_ids`).
+            image_indices: `(num_questions,)` the image each question is about (default: question i ↔ image i).
+        Returns:
+            `(num_questions,)` probabilities of "yes".
+        """
+        encoded = self._encode_questions(input_ids, attention_mask, pixel_values, image_indices)
+        memory, memory_mask = encoded.last_hidden_state, encoded.encoder_attention_mask
+        cls_id, sep_id = self.config.decoder_start_token_id, self.config.eos_token_id
+        if not full_sequence:
+            start = torch.full((memory.shape[0], 1), cls_id, dtype=torch.long, device=memory.device)
+            first_logits, _ = self._run_decoder(start, memory, memory_mask)
+            return first_logits[:, 0, [yes_token_id, no_token_id]].float().softmax(dim=-1)[:, 0]
+        answers = torch.tensor([[cls_id, yes_token_id, sep_id], [cls_id, no_token_id, sep_id]], device=memory.device)
+        answers = answers.repeat(memory.shape[0], 1)
+        log_likelihood, _ = self._answer_log_likelihoods(memory, memory_mask, answers, torch.ones_like(answers))
+        return log_likelihood.softmax(dim=-1)[:, 0]
+
+    @torch.no_grad()
+    def choose(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor,
+        choice_ids: torch.LongTensor,
+        choice_attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_indices: torch.LongTensor | None = None,
+        length_normalize: bool = False,
+    ) -> tuple[torch.LongTensor, torch.Tensor]:
+        """
+        Multiple choice by answer likelihood: every option of every question is scored by the decoder in one pass
+        over the question's shared memory (replacing TIFA's free answer → sentence-embedding matching).
+
+        The score of an option is log p(`[CLS] option [SEP]`) summed over its tokens, or with `length_normalize`
+        the mean per token (which stops short options from winning only by being short). Padding options (all-zero
+        mask rows, for questions with fewer options) are never chosen.
+
+        Args:
+            input_ids, attention_mask: `(num_questions, q_len)` questions.
+            pixel_values: `(num_images, 3, S, S)`, each encoded once; image_indices as in [`score_yes_no`].
+            choice_ids, choice_attention_mask: `(num_questions, num_choices, c_len)` options as `[CLS] option [SEP]`.
+        Returns:
+            `(choice, scores)`: `(num_questions,)` index of the best option and `(num_questions, num_choices)` scores
+            (-inf for padding options).
+        """
+        if choice_ids.ndim != 3 or choice_ids.shape[:2] != (input_ids.shape[0], choice_ids.shape[1]):
+            raise ValueError(
+                f"choice_ids must be (num_questions={input_ids.shape[0]}, num_choices, length), got "
+                f"{tuple(choice_ids.shape)}"
+            )
+        present = choice_attention_mask.sum(dim=-1) > 0
+        if not bool(present.any(dim=1).all()):
+            raise ValueError("every question needs at least one non-empty option")
+        encoded = self._encode_questions(input_ids, attention_mask, pixel_values, image_indices)
+        log_likelihood, lengths = self._answer_log_likelihoods(
+            encoded.last_hidden_state,
+            encoded.encoder_attention_mask,
+            choice_ids.flatten(0, 1),
+            choice_attention_mask.flatten(0, 1),
+        )
+        scores = log_likelihood / lengths.clamp(min=1) if length_normalize else log_likelihood
+        scores = scores.masked_fill(~present, float("-inf"))
+        return scores.argmax(dim=1), scores
 
 
 def contrastive_loss(logits_per_image: torch.Tensor, image_ids: torch.Tensor | None = None) -> torch.Tensor:
