@@ -25,6 +25,7 @@ from .modeling_mplug import (
     MPLUGPreTrainedModel,
     MPLUGVisionModel,
 )
+from .pipelines import VisualGroundingPipeline, VisualQuestionAnsweringPipeline
 from .processing_mplug import MPLUGProcessor, default_tokenizer
 
 
@@ -52,5 +53,7 @@ __all__ = [
     "MPLUGTextConfig",
     "MPLUGVisionConfig",
     "MPLUGVisionModel",
+    "VisualGroundingPipeline",
+    "VisualQuestionAnsweringPipeline",
     "default_tokenizer",
 ]

@@ -106,7 +106,8 @@ class MPLUGProcessor(ProcessorMixin):
         """
         Args:
             images: image(s) or video(s) for [`MPLUGImageProcessor`].
-            text: a string or list of strings (questions, queries, texts to score). `""` means no text (captioning).
+            text: a string or list of strings (questions, queries, texts to score). `""` means no text (captioning):
+                `input_ids` is then the `[CLS]` decoder start alone.
             max_length: truncate texts to this many tokens.
             mode: image transform, `"default"` or `"grounding"`.
         Returns:
@@ -124,6 +125,12 @@ class MPLUGProcessor(ProcessorMixin):
                 raise ValueError(
                     f"batch size mismatch: {data['pixel_values'].shape[0]} images but {data['input_ids'].shape[0]} texts"
                 )
+        elif captioning_prompt:
+            # The empty prompt is the decoder start alone, so generate() captions from [CLS] and the image-text-to-text
+            # pipeline, which reads input_ids, takes text="".
+            prompts = [text] if isinstance(text, str) else text
+            count = data["pixel_values"].shape[0] if images is not None else len(prompts)
+            data["input_ids"] = torch.full((count, 1), self.tokenizer.cls_token_id, dtype=torch.long)
         return BatchFeature(data, tensor_type=return_tensors)
 
     def batch_decode(self, sequences, skip_special_tokens: bool = True, **kwargs) -> list[str]:
