@@ -18,7 +18,6 @@ from mplug_hf.evaluation.runner import (
     evaluation_argument_parser,
     load_records,
     parse_column_mapping,
-    prompt_token_ids,
     run_captioning,
 )
 
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         records,
         args.output_dir,
         backend=args.backend,
-        prompt_ids=prompt_token_ids(runner.processor, args.prompt) if args.prompt else None,
+        prompt=args.prompt,
         num_beams=args.num_beams,
         min_length=args.min_length,
         max_length=args.max_length,

@@ -49,10 +49,8 @@ def script_config():
     return tiny_config(text_config=text_config, box_prefix_token_id=344, box_bin_start_token_id=345, num_box_bins=337)
 
 
-@pytest.fixture(scope="session")
-def model_dirs(tmp_path_factory) -> dict[str, Path]:
-    """One saved random model folder (weights + processor) per head."""
-    root = tmp_path_factory.mktemp("models")
+def save_tiny_heads(root: Path) -> dict[str, Path]:
+    """One saved random model folder (weights + processor) per head, under `root`."""
     processor = MPLUGProcessor(MPLUGImageProcessor(image_size=32))
     folders = {}
     for task, head in HEADS.items():
@@ -61,6 +59,11 @@ def model_dirs(tmp_path_factory) -> dict[str, Path]:
         head(script_config()).save_pretrained(folders[task])
         processor.save_pretrained(folders[task])
     return folders
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    return save_tiny_heads(tmp_path_factory.mktemp("models"))
 
 
 def load_head(model_dirs, task):

@@ -364,18 +364,22 @@ def answer_metrics(predictions: Sequence[dict], records: Sequence[dict], metric:
 def caption_visuals(
     runner: EvaluationRunner,
     visuals: Sequence,
-    prompt_ids: torch.LongTensor | None = None,
+    prompt: str = "",
+    drop_last_prompt_token: bool = False,
     num_beams: int = 5,
     min_length: int = 8,
     max_length: int = 25,
 ) -> list[str]:
     """
-    Caption every image/video with a [`MPLUGForCaptioning`] and the original beam search (`generate_original`).
-    Generation starts from `prompt_ids` `(1, length)` when given; the prompt's text is removed from the front of each
-    caption.
+    Caption every image/video with a [`MPLUGForCaptioning`] and the original beam search (`generate_original`),
+    starting from `prompt` (see [`prompt_token_ids`] for `drop_last_prompt_token`). The prompt is removed from the
+    front of each caption (the whole prompt when the model regenerated its dropped last word).
     """
     model, processor = runner.model, runner.processor
-    prompt_text = processor.decode(prompt_ids[0]) if prompt_ids is not None else ""
+    prompt_ids, prefixes = None, []
+    if prompt:
+        prompt_ids = prompt_token_ids(processor, prompt, drop_last_prompt_token).to(runner.device)
+        prefixes = [processor.decode(prompt_token_ids(processor, prompt)[0]), processor.decode(prompt_ids[0])]
 
     def collate(items: list) -> dict:
         return runner.pixel_values(items)
@@ -384,19 +388,19 @@ def caption_visuals(
     with torch.no_grad():
         for batch in runner.batches(visuals, collate, "captioning"):
             pixel_values = batch["pixel_values"]
-            prompts = None
-            if prompt_ids is not None:
-                prompts = prompt_ids.to(runner.device).expand(pixel_values.shape[0], -1)
+            prompts = prompt_ids.expand(pixel_values.shape[0], -1) if prompt_ids is not None else None
             output = model.generate_original(
                 pixel_values, prompts, num_beams=num_beams, min_length=min_length, max_length=max_length
             )
-            texts = processor.batch_decode(output.sequences[:, 0])
-            captions.extend(_strip_prefix(text, prompt_text) for text in texts)
+            captions.extend(_strip_prefix(text, prefixes) for text in processor.batch_decode(output.sequences[:, 0]))
     return captions
 
 
-def _strip_prefix(text: str, prefix: str) -> str:
-    return text[len(prefix) :].strip() if prefix and text.startswith(prefix) else text
+def _strip_prefix(text: str, prefixes: Sequence[str]) -> str:
+    for prefix in prefixes:
+        if text == prefix or text.startswith(prefix + " "):
+            return text[len(prefix) :].strip()
+    return text
 
 
 def retrieval_scores(
