@@ -105,7 +105,11 @@ def sample_frame_indices(num_available: int, num_frames: int) -> list[int]:
 
 
 def _read_video_with_pyav(path: str, num_frames: int) -> list[Image.Image]:
-    import av
+    # Optional dependencies are imported in `try`: transformers' remote-code loader then does not require them.
+    try:
+        import av
+    except ImportError as error:
+        raise ImportError("decoding video files with PyAV needs `pip install av`") from error
 
     with av.open(path) as container:
         stream = container.streams.video[0]
@@ -124,7 +128,10 @@ def _read_video_with_pyav(path: str, num_frames: int) -> list[Image.Image]:
 
 
 def _read_video_with_decord(path: str, num_frames: int) -> list[Image.Image]:
-    import decord
+    try:
+        import decord
+    except ImportError as error:
+        raise ImportError("decoding video files with decord needs `pip install decord`") from error
 
     reader = decord.VideoReader(path)
     batch = reader.get_batch(sample_frame_indices(len(reader), num_frames)).asnumpy()
