@@ -61,3 +61,44 @@ def test_beam_search_shares_memory_and_matches_tiled_decoding(inputs, cls):
     assert projected_rows[-1] == 6
     assert shared.sequences.tolist() == tiled.sequences.tolist()
     torch.testing.assert_close(shared.sequences_scores, tiled.sequences_scores, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "mplug_fused"])
+def test_attention_implementations_equal_eager(tmp_path, inputs, attn_implementation):
+    """Every implementation, the fused fusion path included, gives eager's memory and answers."""
+    build(MPLUGForQuestionAnswering).save_pretrained(tmp_path)
+    eager = MPLUGForQuestionAnswering.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    other = MPLUGForQuestionAnswering.from_pretrained(tmp_path, attn_implementation=attn_implementation).eval()
+    assert other.mplug.fusion_encoder.config._attn_implementation == attn_implementation
+    with torch.no_grad():
+        torch.testing.assert_close(
+            other.mplug(**inputs).last_hidden_state, eager.mplug(**inputs).last_hidden_state, atol=1e-5, rtol=1e-5
+        )
+        assert other.generate(**inputs, num_beams=2).tolist() == eager.generate(**inputs, num_beams=2).tolist()
+
+
+@pytest.mark.parametrize("stride_layer", [2, 5])
+def test_fused_path_projects_each_image_once_for_many_questions(inputs, stride_layer):
+    """With image_indices the fused path projects the image K/V of the first co-attention run once per image; the
+    result equals fusing each question with its own copy of the image (with and without a connected layer)."""
+    torch.manual_seed(0)
+    config = tiny_config(stride_layer=stride_layer)
+    config._attn_implementation = "mplug_fused"
+    model = MPLUGForQuestionAnswering(config).eval()
+    image_indices = torch.tensor([1, 0, 1])
+    input_ids = torch.tensor([[101, 7, 8], [101, 9, 0], [101, 10, 11]])
+    mask = (input_ids != 0).long()
+    projected_rows = []
+    model.mplug.fusion_encoder._project_image_keys_values = (
+        lambda run, states, original=model.mplug.fusion_encoder._project_image_keys_values: (
+            projected_rows.append(states.shape[0]) or original(run, states)
+        )
+    )
+    with torch.no_grad():
+        images = model.mplug.get_image_features(inputs["pixel_values"])
+        texts = model.mplug.get_text_features(input_ids, mask)
+        shared = model.mplug.fuse(images, texts, mask, image_indices=image_indices)
+        tiled = model.mplug.fuse(images.index_select(0, image_indices), texts, mask)
+    assert projected_rows[0] == 2
+    torch.testing.assert_close(shared.last_hidden_state, tiled.last_hidden_state, atol=1e-5, rtol=1e-5)
+    assert shared.encoder_attention_mask.tolist() == tiled.encoder_attention_mask.tolist()

@@ -11,10 +11,16 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import (
+    AttentionMaskInterface,
+    create_bidirectional_mask,
+    create_causal_mask,
+    sdpa_mask,
+)
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPastAndCrossAttentions
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 from transformers.utils import ModelOutput
 
 from .configuration_mplug import MPLUGConfig, MPLUGTextConfig, MPLUGVisionConfig
@@ -69,6 +75,13 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
+# `attn_implementation="mplug_fused"`: sdpa kernels everywhere, and the fusion encoder projects the image keys/values of
+# every run of co-attention layers in one matmul, once per image (see MPLUGFusionEncoder).
+FUSED_ATTENTION = "mplug_fused"
+AttentionInterface.register(FUSED_ATTENTION, sdpa_attention_forward)
+AttentionMaskInterface.register(FUSED_ATTENTION, sdpa_mask)
+
+
 class MPLUGAttention(nn.Module):
     """
     Multi-head attention used everywhere in mPLUG: ViT self-attention, BERT self-attention (bidirectional, or causal
@@ -109,6 +122,7 @@ class MPLUGAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         key_value_states: torch.Tensor | None = None,
         cache: Cache | None = None,
+        key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
@@ -117,12 +131,15 @@ class MPLUGAttention(nn.Module):
             attention_mask: mask prepared by `transformers.masking_utils` for the active implementation, or None.
             key_value_states: `(batch, kv_len, hidden)` states attended to by cross-attention.
             cache: generation cache; an [`EncoderDecoderCache`] in the decoder.
+            key_value: cross-attention keys and values already projected, `(batch, heads, kv_len, head_dim)` each.
         Returns:
             `(batch, q_len, hidden)` output projection and the attention probabilities (eager only).
         """
         query = self._split_heads(self.q_proj(hidden_states))
         batch_size, query_length = hidden_states.shape[:2]
-        if self.is_cross_attention:
+        if key_value is not None:
+            key, value = key_value
+        elif self.is_cross_attention:
             if cache is not None and cache.is_updated.get(self.layer_idx):
                 cached = cache.cross_attention_cache.layers[self.layer_idx]
                 key, value = cached.keys, cached.values
@@ -321,6 +338,7 @@ class MPLUGTextLayer(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
+        cross_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
         **kwargs,
     ) -> torch.Tensor:
         attn_output, _ = self.self_attn(hidden_states, attention_mask, cache=cache, **kwargs)
@@ -331,6 +349,7 @@ class MPLUGTextLayer(GradientCheckpointingLayer):
                 encoder_attention_mask,
                 key_value_states=encoder_hidden_states,
                 cache=cache,
+                key_value=cross_key_value,
                 **kwargs,
             )
             hidden_states = self.cross_attn_layer_norm(hidden_states + self.dropout(attn_output))
@@ -430,6 +449,10 @@ class MPLUGFusionEncoder(nn.Module):
     The cross-modal skip-connected fusion. Layer j is a connected layer when `config.is_connected_fusion_layer(j)`:
     X = layer([V; T]) with full self-attention, then V ← V + X_V and T ← X_T. Otherwise it is an asymmetric
     co-attention layer: T attends to itself and to V, and V is left untouched.
+
+    Because V is frozen between connected layers, the image keys/values of a run of co-attention layers depend on
+    the image only. With `attn_implementation="mplug_fused"` they are projected for the whole run in one matmul, and
+    before the first connected layer once per *image* even when several texts share it (`image_indices`).
     """
 
     def __init__(self, config: MPLUGConfig):
@@ -440,23 +463,62 @@ class MPLUGFusionEncoder(nn.Module):
             [MPLUGTextLayer(config.text_config, has_cross_attention=not connected) for connected in self.connected]
         )
 
+    def _co_attention_runs(self) -> list[list[int]]:
+        """Indices of the co-attention layers, grouped into runs between connected layers."""
+        runs = []
+        for index, connected in enumerate(self.connected):
+            if connected:
+                continue
+            if runs and runs[-1][-1] == index - 1:
+                runs[-1].append(index)
+            else:
+                runs.append([index])
+        return runs
+
+    def _project_image_keys_values(self, run: list[int], image_states: torch.Tensor) -> dict[int, tuple]:
+        """The cross-attention (key, value) of every layer in `run` from one matmul over the image tokens."""
+        attentions = [self.layers[index].cross_attn for index in run]
+        weight = torch.cat([proj.weight for attn in attentions for proj in (attn.k_proj, attn.v_proj)])
+        bias = torch.cat([proj.bias for attn in attentions for proj in (attn.k_proj, attn.v_proj)])
+        projected = F.linear(image_states, weight, bias).split(self.config.hidden_size, dim=-1)
+        return {
+            index: (attn._split_heads(projected[2 * i]), attn._split_heads(projected[2 * i + 1]))
+            for i, (index, attn) in enumerate(zip(run, attentions))
+        }
+
     def forward(
         self,
         text_states: torch.Tensor,
         text_attention_mask: torch.Tensor,
         image_states: torch.Tensor,
         image_attention_mask: torch.Tensor,
+        image_indices: torch.LongTensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             text_states: `(batch, text_length, hidden)` text encoder output.
             text_attention_mask: `(batch, text_length)` 1/0.
-            image_states: `(batch, num_image_tokens, hidden)` image tokens.
-            image_attention_mask: `(batch, num_image_tokens)` 1/0.
+            image_states: `(batch, num_image_tokens, hidden)` image tokens, or `(num_images, …)` with `image_indices`.
+            image_attention_mask: `(batch, num_image_tokens)` 1/0 (all ones), or `(num_images, …)`.
+            image_indices: `(batch,)` the image row each text is fused with (default: row i for text i).
         Returns:
-            `(image_states, text_states)` after fusion, shapes unchanged.
+            `(image_states, text_states)` after fusion, both with `batch` rows.
         """
+        fused = self.config._attn_implementation == FUSED_ATTENTION
+        precomputed = {}
+        if fused and self.layers and not self.connected[0]:
+            first_run = self._co_attention_runs()[0]
+            precomputed = self._project_image_keys_values(first_run, image_states)
+            if image_indices is not None:
+                precomputed = {
+                    index: tuple(t.index_select(0, image_indices) for t in key_value)
+                    for index, key_value in precomputed.items()
+                }
+        if image_indices is not None:
+            image_states = image_states.index_select(0, image_indices)
+            image_attention_mask = image_attention_mask.index_select(0, image_indices)
+
         text_mask = create_bidirectional_mask(
             config=self.config, inputs_embeds=text_states, attention_mask=text_attention_mask
         )
@@ -474,13 +536,23 @@ class MPLUGFusionEncoder(nn.Module):
                 attention_mask=torch.cat([image_attention_mask, text_attention_mask], dim=1),
             )
         num_image_tokens = image_states.shape[1]
-        for layer, connected in zip(self.layers, self.connected):
+        runs = {run[0]: run for run in self._co_attention_runs()}
+        for index, (layer, connected) in enumerate(zip(self.layers, self.connected)):
             if connected:
                 joint = layer(torch.cat([image_states, text_states], dim=1), joint_mask, **kwargs)
                 image_states = image_states + joint[:, :num_image_tokens]
                 text_states = joint[:, num_image_tokens:]
-            else:
-                text_states = layer(text_states, text_mask, image_states, encoder_attention_mask=cross_mask, **kwargs)
+                continue
+            if fused and index not in precomputed:
+                precomputed.update(self._project_image_keys_values(runs[index], image_states))
+            text_states = layer(
+                text_states,
+                text_mask,
+                image_states,
+                encoder_attention_mask=cross_mask,
+                cross_key_value=precomputed.pop(index, None),
+                **kwargs,
+            )
         return image_states, text_states
 
 
@@ -685,16 +757,30 @@ class MPLUGModel(MPLUGPreTrainedModel):
         image_embeds: torch.Tensor,
         text_embeds: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        image_indices: torch.LongTensor | None = None,
         **kwargs,
     ) -> MPLUGModelOutput:
-        """Run the fusion encoder on already-encoded image tokens and text states (e.g. for ITM over many pairs)."""
+        """
+        Run the fusion encoder on already-encoded image tokens and text states (e.g. for ITM over many pairs).
+
+        Args:
+            image_embeds: `(batch, num_image_tokens, hidden)`, or `(num_images, …)` with `image_indices`.
+            text_embeds: `(batch, length, hidden)`; attention_mask: `(batch, length)`.
+            image_indices: `(batch,)` the image of each text, so that an image asked several questions is stored
+                (and, with the fused path, projected) once.
+        """
         if attention_mask is None:
             attention_mask = torch.ones(text_embeds.shape[:2], dtype=torch.long, device=text_embeds.device)
         image_attention_mask = torch.ones(
             image_embeds.shape[:2], dtype=attention_mask.dtype, device=image_embeds.device
         )
         image_states, text_states = self.fusion_encoder(
-            text_embeds, attention_mask, image_embeds, image_attention_mask
+            text_embeds, attention_mask, image_embeds, image_attention_mask, image_indices=image_indices
+        )
+        if image_indices is not None:
+            image_embeds = image_embeds.index_select(0, image_indices)
+        image_attention_mask = torch.ones(
+            image_states.shape[:2], dtype=attention_mask.dtype, device=image_states.device
         )
         return MPLUGModelOutput(
             last_hidden_state=torch.cat([image_states, text_states], dim=1),
@@ -1283,10 +1369,8 @@ class MPLUGForQuestionAnswering(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Gen
                 raise ValueError(f"image_indices must lie in [0, {len(pixel_values) - 1}] (one per image)")
         validate_pixel_values(pixel_values, self.config.vision_config, False)
         image_embeds = self.mplug.get_image_features(pixel_values)
-        if image_indices is not None:
-            image_embeds = image_embeds.index_select(0, image_indices)
         text_embeds = self.mplug.get_text_features(input_ids, attention_mask)
-        return self.mplug.fuse(image_embeds, text_embeds, attention_mask)
+        return self.mplug.fuse(image_embeds, text_embeds, attention_mask, image_indices=image_indices)
 
     @torch.no_grad()
     def score_yes_no(
