@@ -14,6 +14,7 @@ from transformers import (
 )
 
 from .configuration_mplug import MPLUGConfig, MPLUGTextConfig, MPLUGVisionConfig
+from .hub import export_for_hub, push_to_hub
 from .image_processing_mplug import MPLUGImageProcessor
 from .modeling_mplug import (
     MPLUGForCaptioning,
@@ -56,4 +57,6 @@ __all__ = [
     "VisualGroundingPipeline",
     "VisualQuestionAnsweringPipeline",
     "default_tokenizer",
+    "export_for_hub",
+    "push_to_hub",
 ]
