@@ -12,6 +12,7 @@ from mplug_hf.convert_original import (
     convert_checkpoint,
     load_original_checkpoint,
     main,
+    strip_pretraining_infixes,
 )
 from mplug_hf.image_processing_mplug import MPLUGImageProcessor
 
@@ -218,3 +219,32 @@ def test_cli_writes_a_loadable_folder(ref, tmp_path):
         encoded = model.mplug(input_ids=g["common.question_input_ids"], pixel_values=g["inputs.pixel_values"],
                               attention_mask=g["common.question_attention_mask"])  # fmt: skip
     close(encoded.last_hidden_state, g["vqa.memory"], 1e-5)
+
+
+def test_keep_momentum_converts_momentum_encoders_and_queues(ref):
+    reference_dir, _, _ = ref
+    bert = str(reference_dir / "config" / "config_bert.json")
+    path = reference_dir / "checkpoints" / "mplug_pretrain_format.pth"
+    source = strip_pretraining_infixes(load_original_checkpoint(str(path)))
+    model, report = convert_checkpoint(str(path), "pretrain", bert, image_size=32, keep_momentum=True)
+    momentum = model.momentum_encoders
+    assert model.config.momentum_queue_size == source["image_queue"].shape[1]
+    close(momentum.image_queue, source["image_queue"], 0)
+    close(momentum.vision_proj.weight, source["vision_proj_m.weight"], 0)
+    close(
+        momentum.text_encoder.layers[0].mlp.fc1.weight,
+        source["text_encoder_m.encoder.layer.0.intermediate.dense.weight"],
+        0,
+    )
+    assert bool(momentum.initialized) and report.mapped["queue_ptr"] == "momentum_encoders.queue_ptr"
+    assert "fusion_encoder_m" in next(k for k in report.dropped if k.startswith("fusion_encoder_m."))
+    # every source key is accounted for (the MLM head is reported under its mlm_head.* name)
+    assert set(report.mapped) | set(report.dropped) >= {k for k in source if not k.startswith("fusion_encoder.cls.")}
+    # the retrieval file has queues but no momentum encoders: they start as copies at the first training step
+    retrieval, _ = convert_checkpoint(str(reference_dir / "checkpoints" / "mplug_retrieval.pth"), "retrieval", bert,
+                                      keep_momentum=True)  # fmt: skip
+    assert not bool(retrieval.momentum_encoders.initialized)
+    with pytest.raises(CheckpointConversionError, match="no momentum training"):
+        convert_checkpoint(str(reference_dir / "checkpoints" / "mplug_vqa.pth"), "vqa", bert, keep_momentum=True)
+    plain, _ = convert(ref, "pretrain")
+    assert plain.momentum_encoders is None

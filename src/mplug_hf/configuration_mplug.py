@@ -111,6 +111,11 @@ class MPLUGConfig(PreTrainedConfig):
         decoder_layers (`int`): depth of the BERT decoder.
         embed_dim (`int`): size of the image-text contrastive (ITC) projections.
         contrastive_temperature (`float`): initial ITC temperature (`temp` of the original).
+        momentum_queue_size (`int`): with a value > 0 the ITC heads (retrieval, pretraining) train with a momentum
+            (EMA) copy of the unimodal encoders and queues of this many momentum features, as the original (65536);
+            0 disables both.
+        momentum (`float`): EMA coefficient of the momentum encoders (0.995).
+        distillation_alpha (`float`): weight of the momentum model's similarities in the ITC targets (0.4).
         box_prefix_token_id (`int`): token that starts a box (`[unused339]` = 344 in bert-base-uncased).
         box_bin_start_token_id (`int`): token of coordinate bin 0 (`[unused340]` = 345).
         num_box_bins (`int`): coordinate bins; bin b encodes b / (num_box_bins - 1) (the original: 337 bins over 336).
@@ -128,6 +133,9 @@ class MPLUGConfig(PreTrainedConfig):
     decoder_layers: int = 12
     embed_dim: int = 256
     contrastive_temperature: float = 0.07
+    momentum_queue_size: int = 0
+    momentum: float = 0.995
+    distillation_alpha: float = 0.4
     box_prefix_token_id: int = 344
     box_bin_start_token_id: int = 345
     num_box_bins: int = 337
@@ -148,7 +156,9 @@ class MPLUGConfig(PreTrainedConfig):
         """Reject schedules the model cannot build, with a message naming the field."""
         if self.stride_layer < 1:
             raise ValueError(f"stride_layer must be >= 1, got {self.stride_layer}")
-        for name in ("text_encoder_layers", "fusion_layers", "decoder_layers"):
+        if not 0.0 <= self.momentum <= 1.0 or not 0.0 <= self.distillation_alpha <= 1.0:
+            raise ValueError("momentum and distillation_alpha must lie in [0, 1]")
+        for name in ("text_encoder_layers", "fusion_layers", "decoder_layers", "momentum_queue_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for sub in (self.text_config, self.vision_config):

@@ -268,7 +268,7 @@ def convert_state_dict(
     converted: dict[str, torch.Tensor] = {}
     stored_fusion = _count_layers(state_dict, r"fusion_encoder\.encoder\.layer\.(\d+)\.")
     fusion_start = stored_fusion - config.fusion_layers
-    if fusion_start < 0:
+    if fusion_start < 0 and prefixes.get("fusion_encoder") is not None:
         raise CheckpointConversionError(
             f"config.fusion_layers={config.fusion_layers} but the checkpoint stores only {stored_fusion} fusion layers"
         )
@@ -471,16 +471,78 @@ def check_grounding_buffers(state_dict: dict[str, torch.Tensor], config: MPLUGCo
             raise CheckpointConversionError("bbox_prob_mask allows other tokens than the config's box bins")
 
 
+# Momentum parts our ITC heads keep with keep_momentum (original name → the online name it mirrors).
+_MOMENTUM_RENAMES = {
+    "visual_encoder_m.": "visual_encoder.",
+    "visn_fc_m.": "visn_fc.",
+    "visn_layer_norm_m.": "visn_layer_norm.",
+    "text_encoder_m.": "text_encoder.",
+    "vision_proj_m.": "vision_proj.",
+    "text_proj_m.": "text_proj.",
+}
+_MOMENTUM_PREFIXES = {
+    "visual": "momentum_encoders.vision_model.",
+    "text_encoder": "momentum_encoders.text_encoder.",
+    "fusion_encoder": None,
+    "text_decoder": None,
+    "heads": "momentum_encoders.",
+}
+_QUEUES = ("image_queue", "text_queue", "idx_queue", "queue_ptr")
+
+
+def split_momentum_state(
+    state_dict: dict[str, torch.Tensor], task: str, config: MPLUGConfig
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], ConversionReport]:
+    """
+    For `keep_momentum`: the momentum encoders, projections and queues of a retrieval / pretraining checkpoint
+    converted to our `momentum_encoders.*` keys (setting `config.momentum_queue_size`). Returns the remaining state
+    dict, the converted momentum tensors and their report. Momentum copies of the fusion encoder and decoder (used
+    by the original only for distillation terms we do not train) stay in the remaining dict and are dropped there.
+    """
+    if task not in ("retrieval", "pretrain"):
+        raise CheckpointConversionError(
+            f"keep_momentum applies to the ITC heads (retrieval, pretrain); the {task} model has no momentum training"
+        )
+    if "image_queue" not in state_dict or "text_queue" not in state_dict:
+        raise CheckpointConversionError("keep_momentum: the checkpoint has no image_queue / text_queue")
+    config.momentum_queue_size = state_dict["image_queue"].shape[1]
+    sources, renamed = {}, {}
+    for key, value in state_dict.items():
+        for old, new in _MOMENTUM_RENAMES.items():
+            if key.startswith(old):
+                renamed[new + key[len(old) :]] = value
+                sources[new + key[len(old) :]] = key
+    converted, inner = (convert_state_dict(renamed, config, _MOMENTUM_PREFIXES)) if renamed else ({}, None)
+    report = ConversionReport()
+    if inner is not None:
+        report.mapped = {sources[key]: target for key, target in inner.mapped.items()}
+        report.dropped = {sources[key]: reason for key, reason in inner.dropped.items()}
+    for name in _QUEUES:
+        if name in state_dict:
+            converted[f"momentum_encoders.{name}"] = state_dict[name].clone()
+            report.mapped[name] = f"momentum_encoders.{name}"
+    if "idx_queue" not in state_dict:  # pretraining queues carry no image identities: never positives
+        converted["momentum_encoders.idx_queue"] = torch.full((1, config.momentum_queue_size), -100)
+    converted["momentum_encoders.initialized"] = torch.tensor(bool(renamed))
+    remaining = {k: v for k, v in state_dict.items() if k not in report.mapped and k not in report.dropped}
+    return remaining, converted, report
+
+
 def convert_checkpoint(
     checkpoint_path: str,
     task: str,
     bert_config: dict | str | None = None,
     image_size: int | None = None,
     dtype: torch.dtype | None = None,
+    keep_momentum: bool = False,
 ):
     """
     Load an original checkpoint into the task's `mplug_hf` model. Returns `(model, report)`. Raises
     [`CheckpointConversionError`] listing any unknown source key or any target parameter left without a source.
+
+    With `keep_momentum` (retrieval, pretrain) the momentum encoders and queues are kept for training with the
+    original's momentum distillation (see [`split_momentum_state`]); without momentum encoders in the file, they are
+    copied from the online weights at the first training step.
     """
     model_class = task_model_class(task)
     if isinstance(bert_config, str):
@@ -500,15 +562,24 @@ def convert_checkpoint(
             for k, v in state_dict.items()
         }
     check_grounding_buffers(state_dict, config)
+    momentum_state, momentum_report = {}, ConversionReport()
+    if keep_momentum:
+        state_dict, momentum_state, momentum_report = split_momentum_state(state_dict, task, config)
     pretrain_mlm = {k: v for k, v in state_dict.items() if k.startswith("mlm_head.")}
     converted, report = convert_state_dict(
         {k: v for k, v in state_dict.items() if not k.startswith("mlm_head.")}, config, prefixes
     )
     converted.update(_map_mlm_head(pretrain_mlm, state_dict, report))
+    converted.update(momentum_state)
+    report.mapped.update(momentum_report.mapped)
+    report.dropped.update(momentum_report.dropped)
     model = model_class(config)
     missing, unexpected = model.load_state_dict(converted, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", {}) or {})
     missing = [key for key in missing if key not in tied]
+    if keep_momentum and not bool(momentum_state["momentum_encoders.initialized"]):
+        # queues without momentum encoders: the encoders start as copies of the online ones at the first step
+        missing = [key for key in missing if not key.startswith("momentum_encoders.")]
     if missing or unexpected:
         raise CheckpointConversionError(f"missing keys {sorted(missing)}; unexpected keys {sorted(unexpected)}")
     model.tie_weights()
@@ -561,10 +632,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config-bert", help="the original config_bert.json (fusion schedule, heads)")
     parser.add_argument("--image-size", type=int, help="target resolution (positional embedding is resized)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument(
+        "--keep-momentum",
+        action="store_true",
+        help="retrieval/pretrain: keep the momentum encoders and queues to continue the original's ITC training",
+    )
     parser.add_argument("--push-to-hub", metavar="REPO", help="also upload model and processor to this Hub repo")
     args = parser.parse_args(argv)
     model, report = convert_checkpoint(
-        args.checkpoint, args.task, args.config_bert, args.image_size, getattr(torch, args.dtype)
+        args.checkpoint, args.task, args.config_bert, args.image_size, getattr(torch, args.dtype), args.keep_momentum
     )
     save_converted(model, report, args.output_dir)
     print(

@@ -1469,6 +1469,79 @@ def contrastive_loss(logits_per_image: torch.Tensor, image_ids: torch.Tensor | N
     return (loss_i2t + loss_t2i) / 2
 
 
+class MPLUGMomentumEncoders(nn.Module):
+    """
+    The momentum (EMA) copies of the unimodal encoders and ITC projections and the queues of their features, with
+    which the original trains ITC (ALBEF style, `config.momentum_queue_size > 0`). Never updated by gradients: the
+    owning head moves them towards its online weights before each training step ([`update`]). They are copied from
+    the online weights at the first training step unless a checkpoint provided them (`initialized`).
+    """
+
+    def __init__(self, config: MPLUGConfig):
+        super().__init__()
+        hidden, size = config.text_config.hidden_size, config.momentum_queue_size
+        self.momentum = config.momentum
+        self.vision_model = MPLUGVisionModel(config)
+        self.text_encoder = MPLUGTextModel(config.text_config, config.text_encoder_layers)
+        self.vision_proj = nn.Linear(hidden, config.embed_dim)
+        self.text_proj = nn.Linear(hidden, config.embed_dim)
+        self.register_buffer("image_queue", F.normalize(torch.randn(config.embed_dim, size), dim=0))
+        self.register_buffer("text_queue", F.normalize(torch.randn(config.embed_dim, size), dim=0))
+        self.register_buffer("idx_queue", torch.full((1, size), -100, dtype=torch.long))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        # from_pretrained re-creates parameters as trainable (and ends with eval()); the momentum copies never are
+        self.requires_grad_(False)
+        return super().train(mode)
+
+    def _pairs(self, owner: "MPLUGContrastiveMixin") -> list[tuple[nn.Module, nn.Module]]:
+        return [
+            (owner.mplug.vision_model, self.vision_model),
+            (owner.mplug.text_encoder, self.text_encoder),
+            (owner.vision_proj, self.vision_proj),
+            (owner.text_proj, self.text_proj),
+        ]
+
+    @torch.no_grad()
+    def update(self, owner: "MPLUGContrastiveMixin"):
+        """θ_m ← m·θ_m + (1 − m)·θ (a copy the first time)."""
+        online = [p for pair in self._pairs(owner) for p in pair[0].parameters()]
+        momentum = [p for pair in self._pairs(owner) for p in pair[1].parameters()]
+        if not bool(self.initialized):
+            torch._foreach_copy_(momentum, online)
+            self.initialized.fill_(True)
+        else:
+            torch._foreach_lerp_(momentum, online, 1.0 - self.momentum)
+
+    @torch.no_grad()
+    def features(self, pixel_values, input_ids, attention_mask, project_image) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised momentum ITC features of images and texts, `(batch, embed_dim)` each."""
+        image_feat = project_image(self.vision_model(pixel_values).last_hidden_state, self.vision_proj)
+        text_states = self.text_encoder(input_ids, attention_mask=attention_mask).last_hidden_state
+        return image_feat, F.normalize(self.text_proj(text_states[:, 0]), dim=-1)
+
+    @torch.no_grad()
+    def enqueue(self, image_feat: torch.Tensor, text_feat: torch.Tensor, image_ids: torch.Tensor):
+        """Write the batch's momentum features (gathered from every process) over the oldest queue entries."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+            gathered = []
+            for tensor in (image_feat, text_feat, image_ids):
+                parts = [torch.empty_like(tensor) for _ in range(world)]
+                torch.distributed.all_gather(parts, tensor.contiguous())
+                gathered.append(torch.cat(parts))
+            image_feat, text_feat, image_ids = gathered
+        size = self.image_queue.shape[1]
+        slots = (self.queue_ptr + torch.arange(image_feat.shape[0], device=image_feat.device)) % size
+        self.image_queue[:, slots] = image_feat.t().to(self.image_queue.dtype)
+        self.text_queue[:, slots] = text_feat.t().to(self.text_queue.dtype)
+        self.idx_queue[:, slots] = image_ids.view(1, -1)
+        self.queue_ptr.copy_((self.queue_ptr + image_feat.shape[0]) % size)
+
+
 class MPLUGContrastiveMixin:
     """ITC projections, ITM head and their losses, shared by [`MPLUGForRetrieval`] and [`MPLUGForPreTraining`]."""
 
@@ -1478,15 +1551,65 @@ class MPLUGContrastiveMixin:
         self.text_proj = nn.Linear(hidden, config.embed_dim)
         self.itm_head = nn.Linear(hidden, 2)
         self.temp = nn.Parameter(torch.tensor(float(config.contrastive_temperature)))
+        self.momentum_encoders = MPLUGMomentumEncoders(config) if config.momentum_queue_size > 0 else None
 
-    def project_image(self, image_embeds: torch.Tensor) -> torch.Tensor:
+    def project_image(self, image_embeds: torch.Tensor, projection: nn.Linear | None = None) -> torch.Tensor:
         """`(batch, tokens, hidden)` (or `(batch, frames·tokens, hidden)`) → normalised `(batch, embed_dim)`. A video
         uses the mean of its frames' projected CLS features, as the original video retrieval does."""
+        projection = projection if projection is not None else self.vision_proj
         tokens_per_frame = self.config.num_image_tokens
         if image_embeds.shape[1] > tokens_per_frame and image_embeds.shape[1] % tokens_per_frame == 0:
             frames = image_embeds.view(image_embeds.shape[0], -1, tokens_per_frame, image_embeds.shape[-1])
-            return F.normalize(self.vision_proj(frames[:, :, 0]).mean(dim=1), dim=-1)
-        return F.normalize(self.vision_proj(image_embeds[:, 0]), dim=-1)
+            return F.normalize(projection(frames[:, :, 0]).mean(dim=1), dim=-1)
+        return F.normalize(projection(image_embeds[:, 0]), dim=-1)
+
+    def itc_loss(
+        self,
+        image_feat: torch.Tensor,
+        text_feat: torch.Tensor,
+        pixel_values: torch.Tensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor,
+        image_ids: torch.LongTensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        ITC loss and the in-batch `logits_per_image` (for hard-negative mining). In training with momentum encoders
+        (`config.momentum_queue_size > 0`) it is the original's: similarities against the momentum features of the
+        batch and of the queue, targets = α · softmax(momentum similarities) + (1 − α) · ground truth (texts of the
+        same `image_ids` are positives, in the queue too), then the batch is enqueued. Otherwise symmetric in-batch
+        InfoNCE.
+        """
+        logits_per_image = image_feat @ text_feat.t() / self.temp
+        if self.momentum_encoders is None or not self.training:
+            return contrastive_loss(logits_per_image, image_ids), logits_per_image
+        momentum = self.momentum_encoders
+        with torch.no_grad():
+            momentum.update(self)
+            image_feat_m, text_feat_m = momentum.features(pixel_values, input_ids, attention_mask, self.project_image)
+            image_feat_all = torch.cat([image_feat_m.t(), momentum.image_queue.clone()], dim=1)
+            text_feat_all = torch.cat([text_feat_m.t(), momentum.text_queue.clone()], dim=1)
+            if image_ids is None:  # each pair is its own image; queued features are negatives
+                positives = F.pad(
+                    torch.eye(image_feat.shape[0], device=image_feat.device), (0, text_feat_all.shape[1])
+                )
+                positives = positives[:, : text_feat_all.shape[1]]
+            else:
+                ids_all = torch.cat([image_ids.view(1, -1), momentum.idx_queue.clone()], dim=1)
+                positives = (image_ids.view(-1, 1) == ids_all).float()
+            ground_truth = positives / positives.sum(dim=1, keepdim=True)
+            alpha = self.config.distillation_alpha
+            targets_i2t = (
+                alpha * (image_feat_m @ text_feat_all / self.temp).softmax(dim=1) + (1 - alpha) * ground_truth
+            )
+            targets_t2i = (
+                alpha * (text_feat_m @ image_feat_all / self.temp).softmax(dim=1) + (1 - alpha) * ground_truth
+            )
+        loss_i2t = -(F.log_softmax(image_feat @ text_feat_all / self.temp, dim=1) * targets_i2t).sum(dim=1).mean()
+        loss_t2i = -(F.log_softmax(text_feat @ image_feat_all / self.temp, dim=1) * targets_t2i).sum(dim=1).mean()
+        if image_ids is None:
+            image_ids = torch.full((image_feat.shape[0],), -100, dtype=torch.long, device=image_feat.device)
+        momentum.enqueue(image_feat_m, text_feat_m, image_ids)
+        return (loss_i2t + loss_t2i) / 2, logits_per_image
 
     def project_text(self, text_embeds: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_proj(text_embeds[:, 0]), dim=-1)
@@ -1580,6 +1703,8 @@ class MPLUGForRetrieval(MPLUGContrastiveMixin, MPLUGPreTrainedModel):
         image_feat, text_feat = self.project_image(image_embeds), self.project_text(text_embeds)
         logits_per_image = image_feat @ text_feat.t() / self.temp
         aligned = image_embeds.shape[0] == text_embeds.shape[0]
+        if image_ids is not None:
+            image_ids = torch.as_tensor(image_ids, device=image_feat.device)
         if return_loss and not aligned:
             raise ValueError(
                 f"the loss needs aligned pairs: {image_embeds.shape[0]} images but {text_embeds.shape[0]} texts"
@@ -1592,7 +1717,9 @@ class MPLUGForRetrieval(MPLUGContrastiveMixin, MPLUGPreTrainedModel):
                 raise ValueError("compute_itm needs as many images as texts")
             itm_logits = self.itm_logits(image_embeds, text_embeds, attention_mask)
         if return_loss:
-            loss_itc = contrastive_loss(logits_per_image, image_ids)
+            loss_itc, logits_per_image = self.itc_loss(
+                image_feat, text_feat, pixel_values, input_ids, attention_mask, image_ids
+            )
             loss_itm = self.itm_loss_with_hard_negatives(
                 image_embeds, text_embeds, attention_mask, logits_per_image.detach(), image_ids
             )
@@ -1799,7 +1926,8 @@ class MPLUGForPreTraining(MPLUGContrastiveMixin, MPLUGDecoderHeadMixin, MPLUGPre
     The pretraining objectives of mPLUG over one batch of aligned image-text pairs: ITC, ITM with hard negatives, MLM
     on the fused text (masked `mlm_input_ids` → `mlm_labels`), and PrefixLM through the decoder (the text prefix is
     encoded and fused, `labels` hold the continuation). Each loss is returned separately and `loss` is their sum.
-    The momentum encoder and queue of the original are not included: in-batch negatives only.
+    With `config.momentum_queue_size > 0` ITC trains against momentum encoders and feature queues as the original
+    (see [`MPLUGContrastiveMixin.itc_loss`]); otherwise against in-batch negatives.
     """
 
     _tied_weights_keys = {
@@ -1848,8 +1976,9 @@ class MPLUGForPreTraining(MPLUGContrastiveMixin, MPLUGDecoderHeadMixin, MPLUGPre
             attention_mask = torch.ones_like(input_ids)
         image_embeds = self.mplug.get_image_features(pixel_values)
         text_embeds = self.mplug.text_encoder(input_ids, attention_mask=attention_mask).last_hidden_state
-        logits_per_image = self.project_image(image_embeds) @ self.project_text(text_embeds).t() / self.temp
-        loss_itc = contrastive_loss(logits_per_image)
+        loss_itc, logits_per_image = self.itc_loss(
+            self.project_image(image_embeds), self.project_text(text_embeds), pixel_values, input_ids, attention_mask
+        )
         loss_itm = self.itm_loss_with_hard_negatives(
             image_embeds, text_embeds, attention_mask, logits_per_image.detach()
         )
