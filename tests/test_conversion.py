@@ -248,3 +248,59 @@ def test_keep_momentum_converts_momentum_encoders_and_queues(ref):
         convert_checkpoint(str(reference_dir / "checkpoints" / "mplug_vqa.pth"), "vqa", bert, keep_momentum=True)
     plain, _ = convert(ref, "pretrain")
     assert plain.momentum_encoders is None
+
+
+def test_modelscope_folder_reads_config_yaml_and_vocab(ref, tmp_path):
+    reference_dir, g, _ = ref
+    state = load_original_checkpoint(str(reference_dir / "checkpoints" / "mplug_pretrain_format.pth"))
+    folder = tmp_path / "modelscope"
+    folder.mkdir()
+    torch.save({f"model.{k}": v for k, v in state.items()}, folder / "pytorch_model.bin")
+    (folder / "config.yaml").write_text("model:\n  image_res: 32\n  vision_width: 64\n")
+    (folder / "config_bert.json").write_text((reference_dir / "config" / "config_bert.json").read_text())
+    vocab = (reference_dir.parents[0] / "bert-base-uncased-vocab.txt").read_text().splitlines()
+    vocab[1] = "[ours]"  # a folder vocabulary that differs from the shipped one is the one saved
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    main([str(folder), str(tmp_path / "out"), "--task", "vqa"])
+    from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
+
+    model = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path / "out")
+    close(
+        model.mplug.vision_model.embeddings.position_embedding,
+        g["pretrain.vqa.loaded_visual_positional_embedding"],
+        1e-6,
+    )
+    assert AutoProcessor.from_pretrained(tmp_path / "out").tokenizer.convert_ids_to_tokens(1) == "[ours]"
+
+
+def test_verify_mode_compares_with_reference_tensors(ref, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    reference_dir, g, _ = ref
+    bert = str(reference_dir / "config" / "config_bert.json")
+    vqa_reference = {
+        "pixel_values": g["inputs.pixel_values"],
+        "input_ids": g["common.question_input_ids"],
+        "attention_mask": g["common.question_attention_mask"],
+        "image_embeds": g["common.image_embeds"],
+        "text_embeds": g["common.text_embeds"],
+        "fusion_image_output": g["common.fusion_image_output"],
+        "fusion_text_output": g["common.fusion_text_output"],
+    }
+    save_file(vqa_reference, tmp_path / "vqa.safetensors")
+    main([str(reference_dir / "checkpoints" / "mplug_vqa.pth"), str(tmp_path / "vqa"), "--task", "vqa",
+          "--config-bert", bert, "--verify", str(tmp_path / "vqa.safetensors")])  # fmt: skip
+    assert capsys.readouterr().out.count(" ok") == 4
+    caption_reference = {
+        "pixel_values": g["inputs.pixel_values"],
+        "decoder_input_ids": g["caption.input_ids"],
+        "decoder_attention_mask": g["caption.attention_mask"],
+        "logits": g["caption.teacher_forced.logits_head"],  # first 1024 vocabulary columns of positions 0..11
+    }
+    save_file(caption_reference, tmp_path / "caption.safetensors")
+    main([str(reference_dir / "checkpoints" / "mplug_caption.pth"), str(tmp_path / "caption"), "--task", "caption",
+          "--config-bert", bert, "--verify", str(tmp_path / "caption.safetensors")])  # fmt: skip
+    save_file({**vqa_reference, "text_embeds": g["common.text_embeds"] + 1e-3}, tmp_path / "bad.safetensors")
+    with pytest.raises(SystemExit, match="text_embeds"):
+        main([str(reference_dir / "checkpoints" / "mplug_vqa.pth"), str(tmp_path / "bad"), "--task", "vqa",
+              "--config-bert", bert, "--verify", str(tmp_path / "bad.safetensors")])  # fmt: skip

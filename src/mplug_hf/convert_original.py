@@ -403,6 +403,27 @@ def _map_decoder(key, state_dict, prefix, drop) -> str | None:
     return None
 
 
+def read_task_config(path: str) -> dict:
+    """The original task YAML (AliceMind `configs/*.yaml`, ModelScope `config.yaml`)."""
+    import yaml
+
+    with open(path) as handle:
+        data = yaml.safe_load(handle)
+    if not isinstance(data, dict):
+        raise CheckpointConversionError(f"{path} is not a YAML mapping")
+    return data
+
+
+def find_setting(config: dict, name: str):
+    """The first value of `name` in a possibly nested config (ModelScope nests the original's keys)."""
+    if name in config:
+        return config[name]
+    for value in config.values():
+        if isinstance(value, dict) and (found := find_setting(value, name)) is not None:
+            return found
+    return None
+
+
 def read_bert_config(path: str | None) -> dict | None:
     if path is None:
         return None
@@ -535,6 +556,7 @@ def convert_checkpoint(
     image_size: int | None = None,
     dtype: torch.dtype | None = None,
     keep_momentum: bool = False,
+    task_config: dict | str | None = None,
 ):
     """
     Load an original checkpoint into the task's `mplug_hf` model. Returns `(model, report)`. Raises
@@ -543,8 +565,18 @@ def convert_checkpoint(
     With `keep_momentum` (retrieval, pretrain) the momentum encoders and queues are kept for training with the
     original's momentum distillation (see [`split_momentum_state`]); without momentum encoders in the file, they are
     copied from the online weights at the first training step.
+
+    `task_config` is the original task YAML (path or dict; a ModelScope folder's `config.yaml` is found by itself);
+    its `image_res` is the target resolution unless `image_size` is given.
     """
     model_class = task_model_class(task)
+    if task_config is None and os.path.isdir(checkpoint_path):
+        candidate = os.path.join(checkpoint_path, "config.yaml")
+        task_config = candidate if os.path.isfile(candidate) else None
+    if isinstance(task_config, str):
+        task_config = read_task_config(task_config)
+    if image_size is None and task_config:
+        image_size = find_setting(task_config, "image_res")
     if isinstance(bert_config, str):
         bert_config = read_bert_config(bert_config)
     if bert_config is None and os.path.isdir(checkpoint_path):
@@ -611,13 +643,94 @@ def _map_mlm_head(mlm, state_dict, report) -> dict[str, torch.Tensor]:
     return converted
 
 
-def save_converted(model, report: ConversionReport, output_dir: str) -> None:
-    """Write safetensors + config + generation config + processor files + the key report."""
+# ----------------------------------------------------------------------------------------------------------------------
+# Verification against reference tensors produced by the original code
+# ----------------------------------------------------------------------------------------------------------------------
+
+VERIFY_INPUTS = ("pixel_values", "input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")
+# output name → (what it is, hidden-state or logit tolerance class)
+VERIFY_OUTPUTS = {
+    "image_embeds": ("visual encoder output (+ visn projection for large) on pixel_values", "hidden"),
+    "text_embeds": ("text encoder output on input_ids", "hidden"),
+    "fusion_image_output": ("fusion V_out", "hidden"),
+    "fusion_text_output": ("fusion T_out", "hidden"),
+    "image_feat": ("normalised ITC image features", "hidden"),
+    "text_feat": ("normalised ITC text features", "hidden"),
+    "logits": ("decoder logits, teacher forced on decoder_input_ids (one answer per question)", "logits"),
+}
+
+
+@torch.no_grad()
+def verify_converted(
+    model, reference: dict[str, torch.Tensor], hidden_atol: float = 1e-5, logits_atol: float = 1e-4
+) -> list[dict]:
+    """
+    Compare a converted model with tensors the original implementation produced (`--verify FILE.safetensors`).
+
+    The file holds inputs named as in `VERIFY_INPUTS` and any of the outputs in `VERIFY_OUTPUTS`; a reference may
+    cover a leading slice of an output (e.g. the first 1024 vocabulary columns of the logits): its shape selects
+    the slice. Returns one row per output: `{name, max_abs_diff, atol, ok}`.
+    """
+    if "pixel_values" not in reference:
+        raise CheckpointConversionError("the reference file needs pixel_values (and input_ids for text outputs)")
+    expected = {name: reference[name] for name in VERIFY_OUTPUTS if name in reference}
+    if not expected:
+        raise CheckpointConversionError(f"the reference file has none of the outputs {sorted(VERIFY_OUTPUTS)}")
+    unknown = sorted(set(reference) - set(VERIFY_INPUTS) - set(VERIFY_OUTPUTS))
+    if unknown:
+        raise CheckpointConversionError(f"unknown reference tensors {unknown}; expected {VERIFY_INPUTS} + outputs")
+    dtype = next(model.parameters()).dtype
+    pixel_values = reference["pixel_values"].to(dtype)
+    input_ids, attention_mask = reference.get("input_ids"), reference.get("attention_mask")
+    actual = {}
+    vision = model.vision_model if hasattr(model, "vision_model") else model.mplug.vision_model
+    actual["image_embeds"] = vision(pixel_values).last_hidden_state
+    memory, memory_mask = actual["image_embeds"], None
+    if hasattr(model, "mplug") and input_ids is not None:
+        encoded = model.mplug(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+        actual.update(
+            text_embeds=encoded.text_embeds,
+            fusion_image_output=encoded.image_hidden_state,
+            fusion_text_output=encoded.text_hidden_state,
+        )
+        memory, memory_mask = encoded.last_hidden_state, encoded.encoder_attention_mask
+        if hasattr(model, "project_text"):
+            actual["image_feat"] = model.project_image(encoded.image_embeds)
+            actual["text_feat"] = model.project_text(encoded.text_embeds)
+    if "decoder_input_ids" in reference and hasattr(model, "text_decoder"):
+        actual["logits"], _ = model._run_decoder(
+            reference["decoder_input_ids"], memory, memory_mask, reference.get("decoder_attention_mask")
+        )
+    rows = []
+    for name, target in expected.items():
+        if name not in actual:
+            raise CheckpointConversionError(f"reference output {name!r} does not apply to {type(model).__name__}")
+        value = actual[name]
+        if value.ndim != target.ndim or any(a < t for a, t in zip(value.shape, target.shape)):
+            raise CheckpointConversionError(
+                f"{name}: reference shape {tuple(target.shape)} does not fit the output {tuple(value.shape)}"
+            )
+        value = value[tuple(slice(0, size) for size in target.shape)]
+        atol = hidden_atol if VERIFY_OUTPUTS[name][1] == "hidden" else logits_atol
+        difference = (value.float() - target.float()).abs().max().item() if target.numel() else 0.0
+        rows.append({"name": name, "max_abs_diff": difference, "atol": atol, "ok": difference <= atol})
+    return rows
+
+
+def save_converted(model, report: ConversionReport, output_dir: str, vocab_file: str | None = None) -> None:
+    """Write safetensors + config + generation config + processor files (with `vocab_file`, e.g. a ModelScope
+    folder's vocab.txt, else the shipped bert-base-uncased vocabulary) + the key report."""
+    from transformers import BertTokenizer
+
     from .image_processing_mplug import MPLUGImageProcessor
-    from .processing_mplug import MPLUGProcessor
+    from .processing_mplug import MPLUGProcessor, default_tokenizer
 
     model.save_pretrained(output_dir)
-    MPLUGProcessor(MPLUGImageProcessor(image_size=model.config.vision_config.image_size)).save_pretrained(output_dir)
+    tokenizer = (
+        BertTokenizer(vocab_file, do_lower_case=True, model_max_length=512) if vocab_file else default_tokenizer()
+    )
+    image_processor = MPLUGImageProcessor(image_size=model.config.vision_config.image_size)
+    MPLUGProcessor(image_processor, tokenizer).save_pretrained(output_dir)
     with open(os.path.join(output_dir, "conversion_report.json"), "w") as handle:
         json.dump({"mapped": report.mapped, "dropped": report.dropped}, handle, indent=1, sort_keys=True)
 
@@ -631,6 +744,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--config-bert", help="the original config_bert.json (fusion schedule, heads)")
     parser.add_argument("--image-size", type=int, help="target resolution (positional embedding is resized)")
+    parser.add_argument(
+        "--config-yaml", help="the original task YAML (its image_res; a ModelScope folder's config.yaml is automatic)"
+    )
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument(
         "--keep-momentum",
@@ -638,14 +754,38 @@ def main(argv: list[str] | None = None) -> None:
         help="retrieval/pretrain: keep the momentum encoders and queues to continue the original's ITC training",
     )
     parser.add_argument("--push-to-hub", metavar="REPO", help="also upload model and processor to this Hub repo")
+    parser.add_argument(
+        "--verify",
+        metavar="REFERENCE.safetensors",
+        help="compare the converted model with tensors the original code produced (see verify_converted); "
+        "exits with an error when a difference exceeds its tolerance",
+    )
+    parser.add_argument("--verify-atol", type=float, default=1e-5, help="hidden-state tolerance (logits: 10x)")
     args = parser.parse_args(argv)
     model, report = convert_checkpoint(
-        args.checkpoint, args.task, args.config_bert, args.image_size, getattr(torch, args.dtype), args.keep_momentum
+        args.checkpoint,
+        args.task,
+        args.config_bert,
+        args.image_size,
+        getattr(torch, args.dtype),
+        args.keep_momentum,
+        args.config_yaml,
     )
-    save_converted(model, report, args.output_dir)
+    folder_vocab = os.path.join(args.checkpoint, "vocab.txt")
+    save_converted(model, report, args.output_dir, folder_vocab if os.path.isfile(folder_vocab) else None)
     print(
         f"converted {len(report.mapped)} tensors ({len(report.dropped)} dropped by documented rules) → {args.output_dir}"
     )
+    if args.verify:
+        from safetensors.torch import load_file
+
+        rows = verify_converted(model, load_file(args.verify), args.verify_atol, 10 * args.verify_atol)
+        for row in rows:
+            status = "ok" if row["ok"] else "MISMATCH"
+            print(f"verify {row['name']:<22} max |diff| {row['max_abs_diff']:.3e} (atol {row['atol']:.0e}) {status}")
+        failed = [row["name"] for row in rows if not row["ok"]]
+        if failed:
+            raise SystemExit(f"verification failed for {failed}; the converted model does not reproduce the reference")
     if args.push_to_hub:
         from transformers import AutoProcessor
 
