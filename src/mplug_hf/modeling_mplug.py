@@ -286,7 +286,15 @@ class MPLUGTextEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.position_ids = nn.Buffer(torch.arange(config.max_position_embeddings).expand((1, -1)), persistent=False)
 
-    def forward(self, input_ids: torch.LongTensor, past_length: int = 0) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.LongTensor, past_length: int = 0, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        Args:
+            input_ids: `(batch, length)`. past_length: tokens already in the cache.
+            attention_mask: `(batch, past_length + length)`; positions count only attended tokens, so left and right
+                padding give a text the same embeddings (with right padding these are the original's 0..L-1).
+        """
         seq_length = input_ids.shape[1]
         if past_length + seq_length > self.position_ids.shape[1]:
             raise ValueError(
@@ -294,6 +302,11 @@ class MPLUGTextEmbeddings(nn.Module):
                 f"({self.position_ids.shape[1]}); truncate it in the processor"
             )
         position_ids = self.position_ids[:, past_length : past_length + seq_length]
+        if attention_mask is not None and attention_mask.shape[-1] == past_length + seq_length:
+            # padding keeps the original's position (index), so outputs at padded slots match the original too
+            attended = attention_mask[:, past_length:].bool()
+            counted = attention_mask.long().cumsum(dim=-1)[:, past_length:] - 1
+            position_ids = torch.where(attended, counted, position_ids)
         # mPLUG never passes token types: every token has type 0.
         embeddings = (
             self.word_embeddings(input_ids)
@@ -407,7 +420,7 @@ class MPLUGTextModel(nn.Module):
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         past_length = cache.get_seq_length() if cache is not None else 0
-        hidden_states = self.embeddings(input_ids, past_length=past_length)
+        hidden_states = self.embeddings(input_ids, past_length=past_length, attention_mask=attention_mask)
 
         if self.is_decoder:
             self_mask = create_causal_mask(
