@@ -205,6 +205,12 @@ def test_retrieve_equals_full_itm_matrix_when_k_covers_everything(inputs):
     torch.testing.assert_close(t2i, full.t(), atol=1e-5, rtol=0)
     i2t_top1, _ = model.retrieve(inputs["pixel_values"], texts, mask, k=1)
     assert ((i2t_top1 == -100).sum(dim=1) == 2).all()
+    # video retrieval's score: ITM + ITC similarity
+    with torch.no_grad():
+        sims = model.get_image_features(inputs["pixel_values"]) @ model.get_text_features(texts, mask).t()
+    i2t_sum, t2i_sum = model.retrieve(inputs["pixel_values"], texts, mask, k=10, add_itc=True)
+    torch.testing.assert_close(i2t_sum, full + sims, atol=1e-5, rtol=0)
+    torch.testing.assert_close(t2i_sum, (full + sims).t(), atol=1e-5, rtol=0)
 
 
 def test_zero_shot_logits_for_unequal_batches(inputs):

@@ -303,3 +303,25 @@ def test_video_retrieval_script_scores_itm_plus_itc(tmp_path, frame_folders, mod
     np.testing.assert_allclose(scores["scores_t2i"], expected_t2i.numpy(), atol=1e-5)
     recalls = retrieval_metrics(scores["scores_i2t"], [0, 1, 2], [[0], [1], [2]], scores["scores_t2i"])
     assert metrics == {name.replace("img_", "vid_"): value for name, value in recalls.items()}
+
+
+def test_video_features_use_the_frame_count_at_any_resolution():
+    """Frames at another resolution than the model's (interpolated position embeddings) still average per frame."""
+    import torch
+
+    from mplug_hf import MPLUGForRetrieval
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    model = MPLUGForRetrieval(tiny_config()).eval()
+    frames = torch.randn(2, 3, 3, 48, 48)  # 37 tokens per frame instead of the model's 17
+    with torch.no_grad():
+        tokens = model.mplug.get_image_features(frames, interpolate_pos_encoding=True)
+        features = model.project_image(tokens, num_frames=3)
+        frame_cls = [
+            model.mplug.get_image_features(frames[:, t], interpolate_pos_encoding=True)[:, 0] for t in range(3)
+        ]
+        expected = torch.nn.functional.normalize(
+            torch.stack([model.vision_proj(c) for c in frame_cls]).mean(0), dim=-1
+        )
+    torch.testing.assert_close(features, expected, atol=1e-6, rtol=0)

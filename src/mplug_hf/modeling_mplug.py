@@ -1482,6 +1482,11 @@ def contrastive_loss(logits_per_image: torch.Tensor, image_ids: torch.Tensor | N
     return (loss_i2t + loss_t2i) / 2
 
 
+def frame_count(pixel_values: torch.Tensor) -> int:
+    """Frames per item: T for a video batch `(batch, T, 3, H, W)`, 1 for images."""
+    return pixel_values.shape[1] if pixel_values.ndim == 5 else 1
+
+
 class MPLUGMomentumEncoders(nn.Module):
     """
     The momentum (EMA) copies of the unimodal encoders and ITC projections and the queues of their features, with
@@ -1532,7 +1537,8 @@ class MPLUGMomentumEncoders(nn.Module):
     @torch.no_grad()
     def features(self, pixel_values, input_ids, attention_mask, project_image) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised momentum ITC features of images and texts, `(batch, embed_dim)` each."""
-        image_feat = project_image(self.vision_model(pixel_values).last_hidden_state, self.vision_proj)
+        image_embeds = self.vision_model(pixel_values).last_hidden_state
+        image_feat = project_image(image_embeds, self.vision_proj, frame_count(pixel_values))
         text_states = self.text_encoder(input_ids, attention_mask=attention_mask).last_hidden_state
         return image_feat, F.normalize(self.text_proj(text_states[:, 0]), dim=-1)
 
@@ -1566,15 +1572,21 @@ class MPLUGContrastiveMixin:
         self.temp = nn.Parameter(torch.tensor(float(config.contrastive_temperature)))
         self.momentum_encoders = MPLUGMomentumEncoders(config) if config.momentum_queue_size > 0 else None
 
-    def project_image(self, image_embeds: torch.Tensor, projection: nn.Linear | None = None) -> torch.Tensor:
-        """`(batch, tokens, hidden)` (or `(batch, frames·tokens, hidden)`) → normalised `(batch, embed_dim)`. A video
-        uses the mean of its frames' projected CLS features, as the original video retrieval does."""
+    def project_image(
+        self, image_embeds: torch.Tensor, projection: nn.Linear | None = None, num_frames: int | None = None
+    ) -> torch.Tensor:
+        """
+        `(batch, tokens, hidden)` (or `(batch, frames·tokens, hidden)`) → normalised `(batch, embed_dim)`. A video
+        uses the mean of its frames' projected CLS features, as the original video retrieval does. `num_frames`
+        (given by the callers that see `pixel_values`) is otherwise inferred from the model's tokens per image.
+        """
         projection = projection if projection is not None else self.vision_proj
-        tokens_per_frame = self.config.num_image_tokens
-        if image_embeds.shape[1] > tokens_per_frame and image_embeds.shape[1] % tokens_per_frame == 0:
-            frames = image_embeds.view(image_embeds.shape[0], -1, tokens_per_frame, image_embeds.shape[-1])
-            return F.normalize(projection(frames[:, :, 0]).mean(dim=1), dim=-1)
-        return F.normalize(projection(image_embeds[:, 0]), dim=-1)
+        if num_frames is None:
+            tokens_per_frame = self.config.num_image_tokens
+            divisible = image_embeds.shape[1] % tokens_per_frame == 0
+            num_frames = image_embeds.shape[1] // tokens_per_frame if divisible else 1
+        frames = image_embeds.view(image_embeds.shape[0], num_frames, -1, image_embeds.shape[-1])
+        return F.normalize(projection(frames[:, :, 0]).mean(dim=1), dim=-1)
 
     def itc_loss(
         self,
@@ -1629,7 +1641,9 @@ class MPLUGContrastiveMixin:
 
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
         """Normalised ITC image features `(batch, embed_dim)`."""
-        return self.project_image(self.mplug.get_image_features(pixel_values, **kwargs))
+        return self.project_image(
+            self.mplug.get_image_features(pixel_values, **kwargs), num_frames=frame_count(pixel_values)
+        )
 
     def get_text_features(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, **kwargs):
         """Normalised ITC text features `(batch, embed_dim)` from the text encoder (before fusion)."""
@@ -1713,7 +1727,8 @@ class MPLUGForRetrieval(MPLUGContrastiveMixin, MPLUGPreTrainedModel):
         validate_text_inputs(input_ids, attention_mask, input_ids.shape[0] if input_ids is not None else 0)
         image_embeds = self.mplug.get_image_features(pixel_values)
         text_embeds = self.mplug.text_encoder(input_ids, attention_mask=attention_mask).last_hidden_state
-        image_feat, text_feat = self.project_image(image_embeds), self.project_text(text_embeds)
+        image_feat = self.project_image(image_embeds, num_frames=frame_count(pixel_values))
+        text_feat = self.project_text(text_embeds)
         logits_per_image = image_feat @ text_feat.t() / self.temp
         aligned = image_embeds.shape[0] == text_embeds.shape[0]
         if image_ids is not None:
@@ -1756,10 +1771,12 @@ class MPLUGForRetrieval(MPLUGContrastiveMixin, MPLUGPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         k: int = 256,
         batch_size: int = 64,
+        add_itc: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Score every image against every text as the original evaluation: ITC similarity (no temperature) selects the
-        top `k` texts per image (and images per text); those pairs get the raw ITM match logit, the rest -100.
+        top `k` texts per image (and images per text); those pairs get the raw ITM match logit, the rest -100. With
+        `add_itc` the selected pairs score ITM + ITC similarity, the original's video retrieval score.
 
         Returns:
             `(scores_i2t (num_images, num_texts), scores_t2i (num_texts, num_images))`.
@@ -1776,13 +1793,15 @@ class MPLUGForRetrieval(MPLUGContrastiveMixin, MPLUGPreTrainedModel):
             ],
             dim=0,
         )
-        sims = self.project_image(image_embeds) @ self.project_text(text_embeds).t()
+        sims = (
+            self.project_image(image_embeds, num_frames=frame_count(pixel_values)) @ self.project_text(text_embeds).t()
+        )
         return (
-            self._rerank(sims, image_embeds, text_embeds, attention_mask, k, batch_size, images_are_queries=True),
-            self._rerank(sims.t(), image_embeds, text_embeds, attention_mask, k, batch_size, images_are_queries=False),
+            self._rerank(sims, image_embeds, text_embeds, attention_mask, k, batch_size, True, add_itc),
+            self._rerank(sims.t(), image_embeds, text_embeds, attention_mask, k, batch_size, False, add_itc),
         )
 
-    def _rerank(self, sims, image_embeds, text_embeds, attention_mask, k, batch_size, images_are_queries):
+    def _rerank(self, sims, image_embeds, text_embeds, attention_mask, k, batch_size, images_are_queries, add_itc):
         k = min(k, sims.shape[1])
         scores = torch.full_like(sims, -100.0)
         for query in range(sims.shape[0]):
@@ -1797,7 +1816,7 @@ class MPLUGForRetrieval(MPLUGContrastiveMixin, MPLUGPreTrainedModel):
                     pair_texts = text_embeds[query : query + 1].expand(len(chunk), -1, -1)
                     pair_mask = attention_mask[query : query + 1].expand(len(chunk), -1)
                 logits.append(self.itm_logits(pair_images, pair_texts, pair_mask)[:, 1])
-            scores[query, top] = torch.cat(logits).to(scores.dtype)
+            scores[query, top] = torch.cat(logits).to(scores.dtype) + (sims[query, top] if add_itc else 0)
         return scores
 
 
@@ -1990,7 +2009,11 @@ class MPLUGForPreTraining(MPLUGContrastiveMixin, MPLUGDecoderHeadMixin, MPLUGPre
         image_embeds = self.mplug.get_image_features(pixel_values)
         text_embeds = self.mplug.text_encoder(input_ids, attention_mask=attention_mask).last_hidden_state
         loss_itc, logits_per_image = self.itc_loss(
-            self.project_image(image_embeds), self.project_text(text_embeds), pixel_values, input_ids, attention_mask
+            self.project_image(image_embeds, num_frames=frame_count(pixel_values)),
+            self.project_text(text_embeds),
+            pixel_values,
+            input_ids,
+            attention_mask,
         )
         loss_itm = self.itm_loss_with_hard_negatives(
             image_embeds, text_embeds, attention_mask, logits_per_image.detach()
