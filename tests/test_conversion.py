@@ -304,3 +304,27 @@ def test_verify_mode_compares_with_reference_tensors(ref, tmp_path, capsys):
     with pytest.raises(SystemExit, match="text_embeds"):
         main([str(reference_dir / "checkpoints" / "mplug_vqa.pth"), str(tmp_path / "bad"), "--task", "vqa",
               "--config-bert", bert, "--verify", str(tmp_path / "bad.safetensors")])  # fmt: skip
+
+
+def test_cli_push_to_hub_uploads_the_remote_code_folder(ref, tmp_path, monkeypatch):
+    """--push-to-hub goes through mplug_hf.push_to_hub (remote code + auto_map), with the Hub API stubbed."""
+    import mplug_hf.hub
+
+    uploads = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            uploads.append((repo_id, sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir())))
+
+    monkeypatch.setattr(mplug_hf.hub, "HfApi", FakeApi)
+    reference_dir, _, _ = ref
+    main([str(reference_dir / "checkpoints" / "mplug_caption.pth"), str(tmp_path), "--task", "caption",
+          "--config-bert", str(reference_dir / "config" / "config_bert.json"), "--push-to-hub", "me/mplug-tiny"])  # fmt: skip
+    ((repo, files),) = uploads
+    assert repo == "me/mplug-tiny" and "modeling_mplug.py" in files and "README.md" in files

@@ -789,9 +789,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.push_to_hub:
         from transformers import AutoProcessor
 
-        model.push_to_hub(args.push_to_hub)
-        AutoProcessor.from_pretrained(args.output_dir).push_to_hub(args.push_to_hub)
+        from .hub import push_to_hub
 
+        # with the remote code, the auto_map and the model card, so the repo works without mplug_hf installed
+        push_to_hub(model, AutoProcessor.from_pretrained(args.output_dir), args.push_to_hub)
 
 if __name__ == "__main__":
     main()
