@@ -6,9 +6,12 @@ import torch
 from transformers import BertTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
 
 from .image_processing_mplug import MPLUGImageProcessor
 
+
+logger = logging.get_logger(__name__)
 
 VOCAB_FILE = os.path.join(os.path.dirname(__file__), "data", "bert-base-uncased-vocab.txt")
 
@@ -67,7 +70,10 @@ class MPLUGProcessor(ProcessorMixin):
             row = [tokenizer.cls_token_id] + pieces
             if len(row) > limit:
                 if max_length is None:
-                    raise ValueError(f"text of {len(row)} tokens exceeds the model limit {limit}; pass max_length")
+                    logger.warning(
+                        f"text of {len(row)} tokens is longer than the model's {limit}: truncated (pass max_length "
+                        "to choose the length)"
+                    )
                 row = row[:limit]
             rows.append(row)
         padded = tokenizer.pad(
