@@ -176,3 +176,25 @@ def test_interpolated_position_encoding(config, inputs):
     with torch.no_grad():
         out = model.get_image_features(torch.randn(1, 3, 48, 48), interpolate_pos_encoding=True)
     assert out.shape == (1, 37, 32)
+
+
+def test_corrupt_or_foreign_checkpoints_give_clear_errors(tmp_path, config):
+    import json
+
+    from mplug_hf import MPLUGForQuestionAnswering
+
+    MPLUGForQuestionAnswering(config).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        MPLUGForQuestionAnswering.from_pretrained(tmp_path)
+    weights.write_bytes(data)
+    settings = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**settings, "model_type": "bert"}))
+    with pytest.raises(ValueError, match="'bert' model, not an 'mplug' one"):
+        MPLUGForQuestionAnswering.from_pretrained(tmp_path)
+    shrunk = {**settings, "text_config": {**settings["text_config"], "intermediate_size": 48}}
+    (tmp_path / "config.json").write_text(json.dumps(shrunk))
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        MPLUGForQuestionAnswering.from_pretrained(tmp_path)

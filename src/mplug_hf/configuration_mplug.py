@@ -152,6 +152,14 @@ class MPLUGConfig(PreTrainedConfig):
         # The decoder is the text stack that generates, so the text config carries its depth (see get_text_config).
         self.text_config.num_hidden_layers = self.decoder_layers
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> "MPLUGConfig":
+        # transformers only warns on a foreign model_type; loading e.g. a BERT folder as mPLUG must fail clearly
+        model_type = config_dict.get("model_type")
+        if model_type is not None and model_type != cls.model_type:
+            raise ValueError(f"this checkpoint is a {model_type!r} model, not an {cls.model_type!r} one")
+        return super().from_dict(config_dict, **kwargs)
+
     def validate_architecture(self):
         """Reject schedules the model cannot build, with a message naming the field."""
         if self.stride_layer < 1:

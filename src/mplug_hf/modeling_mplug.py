@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
@@ -640,6 +641,16 @@ class MPLUGPreTrainedModel(PreTrainedModel):
         for sub_config in (config.text_config, config.vision_config):
             if sub_config._attn_implementation is None:
                 sub_config._attn_implementation_internal = config._attn_implementation
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except SafetensorError as error:
+            raise ValueError(
+                f"cannot read the weights in {pretrained_model_name_or_path}: {error}; the safetensors file is "
+                "truncated or corrupt (download or save it again)"
+            ) from error
 
     @torch.no_grad()
     def _init_weights(self, module):
