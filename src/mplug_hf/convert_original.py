@@ -794,5 +794,6 @@ def main(argv: list[str] | None = None) -> None:
         # with the remote code, the auto_map and the model card, so the repo works without mplug_hf installed
         push_to_hub(model, AutoProcessor.from_pretrained(args.output_dir), args.push_to_hub)
 
+
 if __name__ == "__main__":
     main()
