@@ -153,6 +153,20 @@ def test_vqa_pipeline_ranks_candidate_answers_with_rank_answers(vqa_pipe, vqa_mo
     assert top_one == result[0][:1]
 
 
+def test_vqa_pipeline_yes_no_scores_are_score_yes_no(vqa_pipe, vqa_model, processor, images):
+    pictures, _ = images
+    result = vqa_pipe(pictures, QUESTIONS, yes_no=True, top_k=2, batch_size=2)
+    inputs = processor(images=pictures, text=QUESTIONS)
+    yes, no = processor.tokenizer.convert_tokens_to_ids(["yes", "no"])
+    p_yes = vqa_model.score_yes_no(**inputs, yes_token_id=yes, no_token_id=no)
+    for row, answers in enumerate(result):
+        scores = {item["answer"]: item["score"] for item in answers}
+        assert scores["yes"] == pytest.approx(p_yes[row].item(), abs=1e-5)
+        assert answers[0]["score"] >= answers[1]["score"]
+    with pytest.raises(ValueError, match="either yes_no=True or candidate_answers"):
+        vqa_pipe(pictures[0], QUESTIONS[0], yes_no=True, candidate_answers=["a"])
+
+
 @pytest.fixture(scope="module")
 def blip():
     """A tiny random BLIP VQA model with a processor built offline (BERT vocabulary shipped with mplug_hf)."""

@@ -123,7 +123,13 @@ class VisualQuestionAnsweringPipeline(Pipeline):
             raise ValueError("pass a processor, or a tokenizer and an image processor")
 
     def _sanitize_parameters(
-        self, top_k=None, candidate_answers=None, num_rescored_candidates=None, generate_kwargs=None, **kwargs
+        self,
+        top_k=None,
+        candidate_answers=None,
+        num_rescored_candidates=None,
+        generate_kwargs=None,
+        yes_no=None,
+        **kwargs,
     ):
         generation_keys = {key for key in vars(GenerationConfig()) if not key.startswith("_")} | {"generation_config"}
         unknown = sorted(set(kwargs) - generation_keys)
@@ -140,6 +146,13 @@ class VisualQuestionAnsweringPipeline(Pipeline):
         if candidate_answers is not None:
             forward_params["candidates"] = self._encode_candidates(candidate_answers)
             postprocess_params["candidate_answers"] = list(candidate_answers)
+        if yes_no:
+            if candidate_answers is not None:
+                raise ValueError("pass either yes_no=True or candidate_answers, not both")
+            if not hasattr(self.model, "score_yes_no"):
+                raise ValueError(f"yes_no needs a model with score_yes_no; {type(self.model).__name__} has none")
+            forward_params["yes_no"] = True
+            postprocess_params["yes_no"] = True
         if num_rescored_candidates is not None:
             forward_params["num_rescored_candidates"] = num_rescored_candidates
         if generate_kwargs is not None:
@@ -167,6 +180,8 @@ class VisualQuestionAnsweringPipeline(Pipeline):
             question (`str` or `list[str]`): the question(s).
             top_k (`int`, *optional*, defaults to 1): answers returned per question.
             candidate_answers (`list[str]`, *optional*): rank this closed answer list instead of generating.
+            yes_no (`bool`, *optional*): answer "yes" / "no" with P(yes) from the first answer token
+                ([`~MPLUGForQuestionAnswering.score_yes_no`], the text-to-image judge's score).
             num_rescored_candidates (`int`, *optional*): candidates re-scored after the first-token preselection
                 (default: all of them, at most 128 as the original).
             batch_size (`int`, *optional*): questions run through the model together.
@@ -191,7 +206,19 @@ class VisualQuestionAnsweringPipeline(Pipeline):
             model_inputs.update(self.tokenizer(question, return_tensors="pt"))
         return model_inputs.to(self.dtype)
 
-    def _forward(self, model_inputs, top_k=1, candidates=None, num_rescored_candidates=None, generate_kwargs=None):
+    def _forward(
+        self, model_inputs, top_k=1, candidates=None, num_rescored_candidates=None, generate_kwargs=None, yes_no=False
+    ):
+        if yes_no:
+            yes_id, no_id = (self.tokenizer or self.processor.tokenizer).convert_tokens_to_ids(["yes", "no"])
+            p_yes = self.model.score_yes_no(
+                input_ids=model_inputs["input_ids"],
+                pixel_values=model_inputs["pixel_values"],
+                attention_mask=model_inputs.get("attention_mask"),
+                yes_token_id=yes_id,
+                no_token_id=no_id,
+            )
+            return {"p_yes": p_yes}
         if candidates is not None:
             return self._rank(model_inputs, candidates, top_k, num_rescored_candidates)
         generate_kwargs = {} if generate_kwargs is None else generate_kwargs
@@ -232,7 +259,11 @@ class VisualQuestionAnsweringPipeline(Pipeline):
         )
         return {"candidate_indices": indices[:, :top_k], "probs": probs[:, :top_k]}
 
-    def postprocess(self, model_outputs, top_k=1, candidate_answers=None):
+    def postprocess(self, model_outputs, top_k=1, candidate_answers=None, yes_no=False):
+        if yes_no:
+            p_yes = model_outputs["p_yes"][0].item()
+            ranked = sorted([("yes", p_yes), ("no", 1.0 - p_yes)], key=lambda pair: pair[1], reverse=True)
+            return [{"answer": answer, "score": score} for answer, score in ranked[:top_k]]
         if candidate_answers is not None:
             indices, probs = model_outputs["candidate_indices"][0].tolist(), model_outputs["probs"][0].tolist()
             return [{"answer": candidate_answers[i], "score": p} for i, p in zip(indices, probs)]
