@@ -14,24 +14,11 @@ Data: the original mPLUG JSON (`[{"image", "caption": [captions]}]`, e.g. flickr
 Writes `retrieval_scores.npz` (score matrices), `retrieval_ranks.json` (rankings) and `metrics.json`.
 """
 
-from mplug_hf import MPLUGForRetrieval
-from mplug_hf.evaluation.runner import (
-    EvaluationRunner,
-    evaluation_argument_parser,
-    load_records,
-    parse_column_mapping,
-    run_retrieval,
-)
+from mplug_hf.evaluation.runner import retrieval_main
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = evaluation_argument_parser("Evaluate mPLUG image-text retrieval.")
-    parser.add_argument("--k", type=int, default=256, help="candidates re-ranked by ITM per query")
-    parser.add_argument("--text-max-length", type=int, default=30, help="caption tokens (30 in the original)")
-    args = parser.parse_args(argv)
-    records = load_records(args.data, args.split, parse_column_mapping(args.column), args.limit)
-    runner = EvaluationRunner.from_args(MPLUGForRetrieval, args)
-    return run_retrieval(runner, records, args.output_dir, k=args.k, text_max_length=args.text_max_length)
+    return retrieval_main(argv, "Evaluate mPLUG image-text retrieval.")
 
 
 if __name__ == "__main__":

@@ -14,25 +14,12 @@ Data: JSON/JSONL records `{"video", "caption"}`; MSRVTT's `msrvtt_test.jsonl` wo
 Writes `retrieval_scores.npz` (score matrices), `retrieval_ranks.json` (rankings) and `metrics.json`.
 """
 
-from mplug_hf import MPLUGForRetrieval
-from mplug_hf.evaluation.runner import (
-    EvaluationRunner,
-    evaluation_argument_parser,
-    load_records,
-    parse_column_mapping,
-    run_retrieval,
-)
+from mplug_hf.evaluation.runner import retrieval_main
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = evaluation_argument_parser("Zero-shot mPLUG text-video retrieval.", video=True, num_frames=12)
-    parser.add_argument("--k", type=int, default=128, help="candidates re-ranked by ITM per query")
-    parser.add_argument("--text-max-length", type=int, default=35, help="caption tokens (35 in the original)")
-    args = parser.parse_args(argv)
-    records = load_records(args.data, args.split, parse_column_mapping(args.column), args.limit)
-    runner = EvaluationRunner.from_args(MPLUGForRetrieval, args)
-    return run_retrieval(
-        runner, records, args.output_dir, k=args.k, text_max_length=args.text_max_length, add_itc_to_itm=True
+    return retrieval_main(
+        argv, "Zero-shot mPLUG text-video retrieval.", video=True, num_frames=12, k=128, text_max_length=35
     )
 
 

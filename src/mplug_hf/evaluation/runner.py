@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..image_processing_mplug import load_image, sample_frames
+from ..modeling_mplug import MPLUGForCaptioning, MPLUGForQuestionAnswering, MPLUGForRetrieval
 from ..processing_mplug import MPLUGProcessor
 from .caption import _coco_caption_available as coco_caption_available
 from .caption import compute_caption_metrics
@@ -687,3 +688,98 @@ def run_grounding(
     metrics = grounding_accuracy(predicted, targets)
     report_metrics(output_dir, "Grounding", metrics)
     return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command lines of the scripts: one per task, the image and video scripts differing only in the protocol defaults
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def question_answering_main(
+    argv: Sequence[str] | None, description: str, video: bool = False, num_frames: int = 16, metric: str = "vqa"
+) -> dict | None:
+    """`examples/evaluate_vqa.py` (VQA v2 accuracy) and `examples/video_qa.py` (exact match over frames)."""
+    parser = evaluation_argument_parser(description, video=video, num_frames=num_frames)
+    parser.add_argument(
+        "--answer-list",
+        help="JSON list (or dict keyed by answer) of candidates to rank; without it answers are generated",
+    )
+    parser.add_argument("--k", type=int, default=128, help="candidates re-scored per question with --answer-list")
+    parser.add_argument("--num-beams", type=int, default=5)
+    parser.add_argument("--min-length", type=int, default=1, help="generated tokens before [SEP] is allowed")
+    parser.add_argument("--max-length", type=int, default=10, help="most generated tokens")
+    parser.add_argument(
+        "--metric", choices=("vqa", "exact"), default=metric, help="official VQA accuracy, or exact match"
+    )
+    args = parser.parse_args(argv)
+    records = load_records(args.data, args.split, parse_column_mapping(args.column), args.limit)
+    return run_question_answering(
+        EvaluationRunner.from_args(MPLUGForQuestionAnswering, args),
+        records,
+        args.output_dir,
+        answer_list=load_answer_list(args.answer_list) if args.answer_list else None,
+        metric=args.metric,
+        k=args.k,
+        num_beams=args.num_beams,
+        min_length=args.min_length,
+        max_length=args.max_length,
+    )
+
+
+def captioning_main(
+    argv: Sequence[str] | None,
+    description: str,
+    video: bool = False,
+    num_frames: int = 8,
+    prompt: str = "",
+    num_beams: int = 5,
+    min_length: int = 8,
+    max_length: int = 25,
+) -> dict | None:
+    """`examples/evaluate_caption.py` (COCO) and `examples/video_captioning.py` (VATEX: prompt without its last word,
+    unless `--keep-full-prompt`)."""
+    parser = evaluation_argument_parser(description, video=video, num_frames=num_frames)
+    parser.add_argument("--prompt", default=prompt, help="text every caption starts from")
+    if video:
+        parser.add_argument("--keep-full-prompt", action="store_true", help="start from the whole prompt")
+    parser.add_argument("--num-beams", type=int, default=num_beams)
+    parser.add_argument("--min-length", type=int, default=min_length, help="generated tokens before [SEP] is allowed")
+    parser.add_argument("--max-length", type=int, default=max_length, help="most generated tokens")
+    parser.add_argument("--backend", choices=("auto", "pycocoevalcap", "python"), default="auto")
+    args = parser.parse_args(argv)
+    records = load_records(args.data, args.split, parse_column_mapping(args.column), args.limit)
+    return run_captioning(
+        EvaluationRunner.from_args(MPLUGForCaptioning, args),
+        records,
+        args.output_dir,
+        backend=args.backend,
+        prompt=args.prompt,
+        drop_last_prompt_token=video and not args.keep_full_prompt,
+        num_beams=args.num_beams,
+        min_length=args.min_length,
+        max_length=args.max_length,
+    )
+
+
+def retrieval_main(
+    argv: Sequence[str] | None,
+    description: str,
+    video: bool = False,
+    num_frames: int = 12,
+    k: int = 256,
+    text_max_length: int = 30,
+) -> dict:
+    """`examples/evaluate_retrieval.py` (ITM re-ranking) and `examples/video_retrieval.py` (ITM + ITC)."""
+    parser = evaluation_argument_parser(description, video=video, num_frames=num_frames)
+    parser.add_argument("--k", type=int, default=k, help="candidates re-ranked by ITM per query")
+    parser.add_argument("--text-max-length", type=int, default=text_max_length, help="caption tokens")
+    args = parser.parse_args(argv)
+    records = load_records(args.data, args.split, parse_column_mapping(args.column), args.limit)
+    return run_retrieval(
+        EvaluationRunner.from_args(MPLUGForRetrieval, args),
+        records,
+        args.output_dir,
+        k=args.k,
+        text_max_length=args.text_max_length,
+        add_itc_to_itm=video,
+    )
