@@ -102,3 +102,17 @@ def test_fused_path_projects_each_image_once_for_many_questions(inputs, stride_l
     assert projected_rows[0] == 2
     torch.testing.assert_close(shared.last_hidden_state, tiled.last_hidden_state, atol=1e-5, rtol=1e-5)
     assert shared.encoder_attention_mask.tolist() == tiled.encoder_attention_mask.tolist()
+
+
+@pytest.mark.slow
+def test_flex_attention_equals_eager(tmp_path, inputs):
+    """flex_attention (compiled; minutes on CPU) through the same masks, shared memory included."""
+    build(MPLUGForQuestionAnswering).save_pretrained(tmp_path)
+    eager = MPLUGForQuestionAnswering.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    flex = MPLUGForQuestionAnswering.from_pretrained(tmp_path, attn_implementation="flex_attention").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            flex.mplug(**inputs).last_hidden_state, eager.mplug(**inputs).last_hidden_state, atol=1e-5, rtol=1e-5
+        )
+        settings = dict(num_beams=2, max_new_tokens=4)
+        assert flex.generate(**inputs, **settings).tolist() == eager.generate(**inputs, **settings).tolist()
