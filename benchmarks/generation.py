@@ -1,0 +1,88 @@
+"""Benchmark 1: beam-search captioning and VQA generation with a KV cache and memory shared by the beams, against the
+same model decoding the original way (no cache, full prefix re-run every step, memory tiled per beam)."""
+
+import torch
+
+from mplug_hf import MPLUGConfig, MPLUGForCaptioning, MPLUGForQuestionAnswering
+
+from .common import (
+    BenchmarkResult,
+    BenchmarkSettings,
+    Side,
+    build_model,
+    make_result,
+    measure,
+    random_images,
+    random_texts,
+)
+from .original_style import uncached_tiled_beam_search
+
+
+ORIGINAL_STYLE = "original-style: no cache, prefix re-run, memory tiled per beam"
+CACHED_ORIGINAL = "generate_original: same beam search, KV cache, shared memory"
+HF_GENERATE = "generate (HF beam search), KV cache, shared memory"
+
+
+def _decoding_benchmark(title, model, model_inputs, encode, length, settings) -> BenchmarkResult:
+    """Three decoders producing exactly `length` tokens (min length = max length) from the same inputs; `encode`
+    gives the baseline its `(memory, memory_mask)` (the other two encode inside their call)."""
+    beams = settings.num_beams
+
+    @torch.no_grad()
+    def original_style(tokens: int) -> torch.LongTensor:
+        memory, memory_mask = encode()
+        return uncached_tiled_beam_search(model, memory, memory_mask, beams, tokens, tokens)
+
+    def cached_original(tokens: int) -> torch.LongTensor:
+        return model.generate_original(**model_inputs, num_beams=beams, min_length=tokens, max_length=tokens).sequences
+
+    def hf_generate(tokens: int) -> torch.LongTensor:
+        return model.generate(**model_inputs, num_beams=beams, min_new_tokens=tokens, max_new_tokens=tokens)
+
+    sides = {
+        name: Side(run=lambda decode=decode: decode(length), warmup=lambda decode=decode: decode(2))
+        for name, decode in (
+            (ORIGINAL_STYLE, original_style),
+            (CACHED_ORIGINAL, cached_original),
+            (HF_GENERATE, hf_generate),
+        )
+    }
+    measurements = measure(sides, settings)
+    baseline = measurements[ORIGINAL_STYLE].output[:, 0]
+    cached = measurements[CACHED_ORIGINAL].output[:, 0]
+    hf = measurements[HF_GENERATE].output
+    batch_size = baseline.shape[0]
+    notes = [
+        f"original-style and generate_original sequences equal: {int((baseline == cached).all(dim=1).sum())}"
+        f"/{batch_size} (same beam search, so all should be)",
+        f"HF generate's best sequence equals generate_original's for {int((hf == cached).all(dim=1).sum())}"
+        f"/{batch_size} items (another beam search: length penalty and bookkeeping differ)",
+    ]
+    return make_result(title, measurements, ORIGINAL_STYLE, batch_size, batch_size * length, notes)
+
+
+def caption_generation(config: MPLUGConfig, settings: BenchmarkSettings) -> list[BenchmarkResult]:
+    model = build_model(MPLUGForCaptioning, config, settings)
+    pixel_values = random_images(settings.batch_size, config, settings)
+
+    def encode():
+        return model.vision_model(pixel_values).last_hidden_state, None
+
+    title = f"captioning, beam {settings.num_beams}, {settings.caption_tokens} tokens"
+    return [
+        _decoding_benchmark(title, model, {"pixel_values": pixel_values}, encode, settings.caption_tokens, settings)
+    ]
+
+
+def vqa_generation(config: MPLUGConfig, settings: BenchmarkSettings) -> list[BenchmarkResult]:
+    model = build_model(MPLUGForQuestionAnswering, config, settings)
+    pixel_values = random_images(settings.batch_size, config, settings)
+    input_ids, attention_mask = random_texts(settings.batch_size, 5, 12, config, settings)
+    model_inputs = {"input_ids": input_ids, "pixel_values": pixel_values, "attention_mask": attention_mask}
+
+    def encode():
+        encoded = model.mplug(**model_inputs)
+        return encoded.last_hidden_state, encoded.encoder_attention_mask
+
+    title = f"VQA generation, beam {settings.num_beams}, {settings.answer_tokens} tokens"
+    return [_decoding_benchmark(title, model, model_inputs, encode, settings.answer_tokens, settings)]

@@ -1,0 +1,110 @@
+"""Run the mplug_hf benchmarks and print one markdown table.
+
+    python -m benchmarks.run_benchmarks                       # everything, base size at 384 px, CPU (GPU if present)
+    python -m benchmarks.run_benchmarks --quick --image-size 224 --batch-size 2 --only captioning fusion
+
+Every benchmark times its sides in interleaved rounds after a warm-up and reports the median; see benchmarks/README.md.
+"""
+
+import argparse
+import sys
+import time
+
+import torch
+
+from mplug_hf import MPLUGConfig
+
+from .blip import blip_comparison
+from .common import BenchmarkSettings, describe_machine, format_report
+from .fusion import fusion_encoder
+from .generation import caption_generation, vqa_generation
+from .judging import judging
+from .ranking import rank_answers
+from .training import training_step
+
+
+BENCHMARKS = {
+    "captioning": caption_generation,
+    "vqa": vqa_generation,
+    "fusion": fusion_encoder,
+    "rank": rank_answers,
+    "blip": blip_comparison,
+    "training": training_step,
+    "judging": judging,
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="benchmarks to run (default: all)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--image-size", type=int, default=384, help="384 is mPLUG-base's; 224 for quick runs")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per call (generation, fusion, BLIP)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side at most")
+    parser.add_argument(
+        "--side-budget", type=float, default=30.0, help="stop repeating a side after this many seconds of runs"
+    )
+    parser.add_argument("--quick", action="store_true", help="one timed run per side")
+    parser.add_argument("--num-beams", type=int, default=5)
+    parser.add_argument("--caption-tokens", type=int, default=25)
+    parser.add_argument("--answer-tokens", type=int, default=10)
+    parser.add_argument("--rank-batch-size", type=int, default=4, help="questions ranked per call")
+    parser.add_argument("--num-candidates", type=int, default=128)
+    parser.add_argument("--train-batch-size", type=int, help="default: --batch-size")
+    parser.add_argument("--judge-images", type=int, default=8)
+    parser.add_argument("--questions-per-image", type=int, default=8)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
+    return BenchmarkSettings(
+        device=torch.device(args.device),
+        dtype=getattr(torch, args.dtype),
+        batch_size=args.batch_size,
+        repeats=1 if args.quick else args.repeats,
+        side_budget_s=args.side_budget,
+        num_beams=args.num_beams,
+        caption_tokens=args.caption_tokens,
+        answer_tokens=args.answer_tokens,
+        rank_batch_size=args.rank_batch_size,
+        num_candidates=args.num_candidates,
+        train_batch_size=args.train_batch_size or args.batch_size,
+        judge_images=args.judge_images,
+        questions_per_image=args.questions_per_image,
+        seed=args.seed,
+    )
+
+
+def run(config: MPLUGConfig, settings: BenchmarkSettings, names: list[str], log=sys.stderr) -> list:
+    """Run the named benchmarks in order and return their results."""
+    results = []
+    for name in names:
+        start = time.perf_counter()
+        print(f"[benchmarks] {name} …", file=log, flush=True)
+        results += BENCHMARKS[name](config, settings)
+        print(f"[benchmarks] {name} done in {time.perf_counter() - start:.0f} s", file=log, flush=True)
+    return results
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = settings_from_args(args)
+    config = MPLUGConfig.base(image_size=args.image_size)
+    machine = describe_machine(settings)
+    start = time.perf_counter()
+    results = run(config, settings, args.only or list(BENCHMARKS))
+    settings_line = (
+        f"mPLUG-base, random weights, image {args.image_size}px, batch {settings.batch_size}, "
+        f"up to {settings.repeats} timed run(s) per side (≤ {settings.side_budget_s:.0f} s each side) after a warm-up, "
+        f"interleaved; suite time {time.perf_counter() - start:.0f} s"
+    )
+    print(format_report(machine, settings_line, results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""benchmarks/: every benchmark runs end to end on a tiny model (so the scripts cannot rot), and the original-style
+baselines they time against decode and rank exactly as the model's own methods."""
+
+import io
+
+import pytest
+import torch
+
+from benchmarks.common import BenchmarkSettings, describe_machine, format_report
+from benchmarks.original_style import tiled_rank_answers, uncached_tiled_beam_search
+from benchmarks.run_benchmarks import BENCHMARKS, parse_args, run, settings_from_args
+from mplug_hf import MPLUGForCaptioning, MPLUGForQuestionAnswering
+from tests.conftest import tiny_config
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def bench_config():
+    """Tiny, with BERT's vocabulary so that the judging benchmark's "yes"/"no" ids exist."""
+    return tiny_config(text_config=dict(vocab_size=30522, hidden_size=32, intermediate_size=64, num_attention_heads=4))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine waiting for a descheduled OpenMP thread costs
+    milliseconds per op."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_benchmark_runs_on_a_tiny_model():
+    settings = BenchmarkSettings(
+        batch_size=2, repeats=1, num_beams=3, caption_tokens=4, answer_tokens=3, rank_batch_size=2,
+        num_candidates=8, train_batch_size=2, judge_images=2, questions_per_image=2,
+    )  # fmt: skip
+    results = run(bench_config(), settings, list(BENCHMARKS), log=io.StringIO())
+    assert len(results) == len(BENCHMARKS) + 1  # the BLIP comparison reports VQA and captioning
+    for result in results:
+        assert result.rows[0].speedup == 1.0  # the reference comes first
+        for row in result.rows:
+            assert len(row.measurement.seconds) == 1 and row.measurement.median > 0
+            assert row.measurement.peak_bytes > 0
+    generation_notes = [note for result in results[:2] for note in result.notes]
+    assert sum("sequences equal: 2/2" in note for note in generation_notes) == 2
+    report = format_report(describe_machine(settings), "tiny", results)
+    assert report.count("\n| ") == 1 + sum(len(result.rows) for result in results)
+
+
+def test_command_line_settings():
+    settings = settings_from_args(parse_args(["--quick", "--batch-size", "4", "--only", "fusion", "rank"]))
+    assert (settings.repeats, settings.batch_size, settings.train_batch_size) == (1, 4, 4)
+    with pytest.raises(SystemExit):
+        parse_args(["--only", "nothing"])
+
+
+def biased_towards_eos(cls):
+    """A tiny model with larger random weights (outputs that depend on the input) and a raised [SEP] logit, so that
+    beams and items finish at different steps."""
+    torch.manual_seed(0)
+    config = tiny_config(initializer_range=0.2)
+    config.text_config.initializer_range = config.vision_config.initializer_range = 0.2
+    config._attn_implementation = "eager"
+    model = cls(config).eval()
+    with torch.no_grad():
+        model.text_decoder.lm_head.decoder.bias[config.eos_token_id] += 3.0
+    return model
+
+
+@pytest.mark.parametrize("cls", [MPLUGForCaptioning, MPLUGForQuestionAnswering])
+def test_uncached_tiled_beam_search_equals_generate_original(inputs, cls):
+    model = biased_towards_eos(cls)
+    with torch.no_grad():
+        if cls is MPLUGForCaptioning:
+            memory, memory_mask = model.vision_model(inputs["pixel_values"]).last_hidden_state, None
+        else:
+            encoded = model.mplug(**inputs)
+            memory, memory_mask = encoded.last_hidden_state, encoded.encoder_attention_mask
+    settings = dict(num_beams=3, min_length=1, max_length=8, num_return_sequences=2)
+    expected = model.original_beam_search(memory, memory_mask, **settings).sequences
+    sequences = uncached_tiled_beam_search(model, memory, memory_mask, **settings)
+    assert sequences.tolist() == expected.tolist()
+    # the items finished at different steps, so the baseline's removal of finished items ran
+    longest = (sequences != model.config.pad_token_id).sum(dim=-1).max(dim=1).values
+    assert longest.min() < longest.max()
+
+
+def test_tiled_rank_answers_equals_rank_answers(inputs):
+    model = biased_towards_eos(MPLUGForQuestionAnswering)
+    candidates = torch.tensor([[101, 5, 102, 0], [101, 6, 7, 102], [101, 8, 102, 0], [101, 9, 10, 102]])
+    candidate_mask = (candidates != 0).long()
+    topk_ids, topk_probs = model.rank_answers(
+        inputs["input_ids"], inputs["pixel_values"], candidates, candidate_mask, inputs["attention_mask"], k=3
+    )
+    with torch.no_grad():
+        encoded = model.mplug(**inputs)
+    tiled_ids, tiled_probs = tiled_rank_answers(
+        model, encoded.last_hidden_state, encoded.encoder_attention_mask, candidates, candidate_mask, k=3
+    )
+    assert tiled_ids.tolist() == topk_ids.tolist()
+    torch.testing.assert_close(tiled_probs, topk_probs, atol=1e-5, rtol=1e-5)
