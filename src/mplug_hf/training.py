@@ -1,0 +1,196 @@
+"""
+What the fine-tuning scripts in `examples/` share: argument dataclasses, reading datasets in the original formats,
+loading the model and processor, LoRA / frozen-vision setup, and the train → save loop with checkpoint resumption.
+
+The scripts are plain `Trainer` programs, so the same command runs on one CPU, under `torchrun --nproc_per_node N`
+or `accelerate launch` (DDP), and with `--deepspeed ds_config.json` or `--fsdp "full_shard auto_wrap"`
+(`_no_split_modules` names the layers to wrap). Mixed precision (`--bf16`, `--fp16`), `--gradient_checkpointing`
+and `--resume_from_checkpoint` are `TrainingArguments` options passed through unchanged.
+"""
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import datasets
+from transformers import AutoProcessor, PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from .modeling_mplug import MPLUGVisionModel
+
+
+# Every attention of mPLUG (ViT, text encoder, fusion, decoder self- and cross-attention) is an `MPLUGAttention` with
+# these projections; `o_proj` and the MLPs' `fc1`/`fc2` can be added.
+LORA_TARGET_MODULES = "q_proj,v_proj"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(metadata={"help": "Converted or saved mPLUG checkpoint (folder or Hub id)."})
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flash_attention_2, ..."})
+    freeze_vision: bool = field(default=False, metadata={"help": "Do not train the visual encoder (ViT)."})
+    lora: bool = field(default=False, metadata={"help": "Train PEFT LoRA adapters instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: str = field(
+        default=LORA_TARGET_MODULES,
+        metadata={"help": "Comma-separated module names wrapped by LoRA: q_proj, k_proj, v_proj, o_proj, fc1, fc2."},
+    )
+
+
+@dataclass
+class DataArguments:
+    train_file: str | None = field(default=None, metadata={"help": "Training data: JSON (a list) or JSONL."})
+    validation_file: str | None = field(default=None, metadata={"help": "Evaluation data: JSON or JSONL."})
+    dataset_name: str | None = field(default=None, metadata={"help": "A `datasets` name instead of files."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Its configuration."})
+    train_split: str = field(default="train", metadata={"help": "Split of `dataset_name` to train on."})
+    validation_split: str = field(default="validation", metadata={"help": "Split of `dataset_name` to evaluate."})
+    image_root: str | None = field(default=None, metadata={"help": "Folder that relative image paths start from."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep the first N training examples."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep the first N evaluation examples."})
+    augment: bool = field(default=True, metadata={"help": "The original's training image augmentation."})
+
+
+def read_examples(path: str) -> list[dict]:
+    """A JSON file holding a list of examples (or `{"images": [...]}` as Karpathy's `dataset_coco.json`), or JSONL."""
+    if not os.path.isfile(path):
+        raise ValueError(f"data file not found: {path}")
+    with open(path, encoding="utf-8") as handle:
+        if path.endswith((".jsonl", ".jsonlines")):
+            return [json.loads(line) for line in handle if line.strip()]
+        data = json.load(handle)
+    if isinstance(data, dict) and isinstance(data.get("images"), list):
+        data = data["images"]
+    if not isinstance(data, list) or not all(isinstance(example, dict) for example in data):
+        raise ValueError(f"{path} must hold a list of JSON objects (or JSON lines)")
+    return data
+
+
+def load_split(data_args: DataArguments, split: str) -> datasets.Dataset | None:
+    """The `"train"` or `"validation"` examples named by `data_args` (files win over `dataset_name`), or None."""
+    path = data_args.train_file if split == "train" else data_args.validation_file
+    limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
+    if path is not None:
+        dataset = datasets.Dataset.from_list(read_examples(path))
+    elif data_args.dataset_name is not None:
+        name = data_args.train_split if split == "train" else data_args.validation_split
+        dataset = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, split=name)
+    else:
+        return None
+    return dataset.select(range(min(limit, len(dataset)))) if limit is not None else dataset
+
+
+def load_model_and_processor(model_class: type[PreTrainedModel], model_args: ModelArguments):
+    """The head and its processor from `model_name_or_path`, frozen / LoRA-wrapped as asked."""
+    kwargs = {"attn_implementation": model_args.attn_implementation} if model_args.attn_implementation else {}
+    model = model_class.from_pretrained(model_args.model_name_or_path, **kwargs)
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path)
+    return prepare_model(model, model_args), processor
+
+
+def freeze_vision_encoder(model: PreTrainedModel) -> int:
+    """Stop the gradients of every visual encoder in `model`; returns the number of frozen parameters."""
+    frozen = 0
+    for module in model.modules():
+        if isinstance(module, MPLUGVisionModel):
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+                frozen += parameter.numel()
+    if frozen == 0:
+        raise ValueError(f"{type(model).__name__} has no visual encoder to freeze")
+    return frozen
+
+
+def add_lora(model: PreTrainedModel, model_args: ModelArguments):
+    """Wrap `model` with PEFT LoRA adapters on `lora_target_modules`; only the adapters stay trainable. With
+    `freeze_vision` the visual encoder gets no adapters."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = [name.strip() for name in model_args.lora_target_modules.split(",") if name.strip()]
+    if not targets:
+        raise ValueError("lora_target_modules is empty")
+    config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=targets,
+        exclude_modules=r".*vision_model\..*" if model_args.freeze_vision else None,
+    )
+    return get_peft_model(model, config)
+
+
+def prepare_model(model: PreTrainedModel, model_args: ModelArguments):
+    # The heads normalise their losses themselves (per question, per token): Trainer must divide by the gradient
+    # accumulation steps and not rescale by `num_items_in_batch`, which it would do for any forward taking **kwargs.
+    model.accepts_loss_kwargs = False
+    if model_args.freeze_vision:
+        freeze_vision_encoder(model)
+    if model_args.lora:
+        model = add_lora(model, model_args)
+    return model
+
+
+def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
+    """`--resume_from_checkpoint PATH` (or `True` for the latest), else the latest checkpoint in `output_dir`
+    unless `--overwrite_output_dir`."""
+    resume = training_args.resume_from_checkpoint
+    if resume not in (None, "", "False", "false"):
+        if resume in (True, "True", "true"):
+            return get_last_checkpoint(training_args.output_dir)
+        return resume
+    if os.path.isdir(training_args.output_dir) and not getattr(training_args, "overwrite_output_dir", False):
+        return get_last_checkpoint(training_args.output_dir)
+    return None
+
+
+def train_and_save(trainer: Trainer, processor, training_args: TrainingArguments) -> PreTrainedModel:
+    """Train (resuming when a checkpoint is found), save the model — LoRA merged into the weights — and the
+    processor to `output_dir`, log the train metrics; returns the trained (merged) model."""
+    result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(model, "merge_and_unload"):
+        tied = model.get_base_model().config.tie_word_embeddings
+        model = model.merge_and_unload()
+        # PEFT marks the embeddings untied after merging; the adapters never touch them, so they still are tied,
+        # and a config saying otherwise would reload the LM head as missing.
+        model.config.tie_word_embeddings = tied
+    if trainer.is_world_process_zero():
+        model.save_pretrained(training_args.output_dir)
+        processor.save_pretrained(training_args.output_dir)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    return model
+
+
+def iterate_batches(dataset, batch_size: int):
+    """Consecutive lists of example dicts (evaluation order)."""
+    for start in range(0, len(dataset), batch_size):
+        yield [dataset[index] for index in range(start, min(start + batch_size, len(dataset)))]
+
+
+def save_json(data, output_dir: str, name: str) -> str:
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, name)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+    return path
+
+
+__all__ = [
+    "LORA_TARGET_MODULES",
+    "DataArguments",
+    "ModelArguments",
+    "add_lora",
+    "freeze_vision_encoder",
+    "iterate_batches",
+    "load_model_and_processor",
+    "load_split",
+    "prepare_model",
+    "read_examples",
+    "resolve_checkpoint",
+    "save_json",
+    "train_and_save",
+]
