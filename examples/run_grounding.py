@@ -15,50 +15,28 @@ box decoding, scored in pixels of the input image.
 
 from dataclasses import dataclass, field
 
-import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from mplug_hf import MPLUGForGrounding
 from mplug_hf.augmentation import MPLUGGroundingAugmentation
 from mplug_hf.data_collators import MPLUGGroundingDataCollator
-from mplug_hf.evaluation import grounding_accuracy
+from mplug_hf.evaluation.runner import run_grounding
 from mplug_hf.training import (
     DataArguments,
     ModelArguments,
-    iterate_batches,
+    evaluation_records,
+    evaluation_runner,
     load_model_and_processor,
     load_split,
-    save_json,
+    log_evaluation,
     train_and_save,
 )
 
 
 @dataclass
 class GroundingArguments:
-    image_column: str = field(default="image")
-    text_column: str = field(default="text")
-    box_column: str = field(default="bbox")
     box_format: str = field(default="xywh", metadata={"help": "'xywh' (RefCOCO/COCO) or 'xyxy' pixel boxes."})
     max_length: int = field(default=20, metadata={"help": "Query tokens (the original: 20)."})
-
-
-@torch.no_grad()
-def evaluate_grounding(model, collator, dataset, batch_size: int, device) -> tuple[dict, list]:
-    model.eval().to(device)
-    predicted, gold = [], []
-    for examples in iterate_batches(dataset, batch_size):
-        inputs = collator(examples).to(device)
-        predicted.append(
-            model.predict_boxes(
-                inputs["input_ids"],
-                inputs["pixel_values"],
-                inputs["attention_mask"],
-                image_sizes=inputs["image_sizes"],
-            ).cpu()
-        )
-        gold.append(collator.boxes_xyxy(examples))
-    predicted = torch.cat(predicted)
-    return grounding_accuracy(predicted, torch.cat(gold)), predicted.tolist()
 
 
 def main():
@@ -66,41 +44,32 @@ def main():
     model_args, data_args, grounding_args, training_args = parser.parse_args_into_dataclasses()
     training_args.remove_unused_columns = False
     model, processor = load_model_and_processor(MPLUGForGrounding, model_args)
-    collator_kwargs = dict(
+    augmentation = MPLUGGroundingAugmentation(processor.image_processor.image_size) if data_args.augment else None
+    collator = MPLUGGroundingDataCollator(
+        processor,
+        augmentation=augmentation,
         image_root=data_args.image_root,
-        image_key=grounding_args.image_column,
-        text_key=grounding_args.text_column,
-        box_key=grounding_args.box_column,
         box_format=grounding_args.box_format,
         max_length=grounding_args.max_length,
     )
-    augmentation = MPLUGGroundingAugmentation(processor.image_processor.image_size) if data_args.augment else None
     trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=load_split(data_args, "train") if training_args.do_train else None,
-        data_collator=MPLUGGroundingDataCollator(processor, augmentation=augmentation, **collator_kwargs),
+        data_collator=collator,
         processing_class=processor,
     )
     if training_args.do_train:
-        if trainer.train_dataset is None:
-            raise ValueError("--do_train needs --train_file or --dataset_name")
         model = train_and_save(trainer, processor, training_args)
     if training_args.do_eval and trainer.is_world_process_zero():
-        eval_dataset = load_split(data_args, "validation")
-        if eval_dataset is None:
-            raise ValueError("--do_eval needs --validation_file or --dataset_name")
-        metrics, boxes = evaluate_grounding(
-            model,
-            MPLUGGroundingDataCollator(processor, **collator_kwargs),
-            eval_dataset,
-            training_args.per_device_eval_batch_size,
-            training_args.device,
+        metrics = run_grounding(
+            evaluation_runner(model, processor, data_args, training_args),
+            evaluation_records(data_args),
+            training_args.output_dir,
+            box_format=grounding_args.box_format,
+            max_length=grounding_args.max_length,
         )
-        save_json(boxes, training_args.output_dir, "eval_predicted_boxes_xyxy.json")
-        metrics = {f"eval_{name}": value for name, value in metrics.items()}
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+        log_evaluation(trainer, metrics)
 
 
 if __name__ == "__main__":

@@ -8,65 +8,35 @@ Fine-tune mPLUG for image-text retrieval (ITC + ITM with hard negatives) with `T
 
 Data (the original `re_*` files, JSON list or JSONL): training `{"image": path, "caption": str, "image_id": any}`
 (pairs of the same image are not each other's negatives); evaluation `{"image": path, "caption": [str, ...]}`.
-Evaluation ranks as the original: ITC similarities pick the top `--k_test` candidates, which the ITM head re-scores.
+Evaluation ranks as the original (`mplug_hf.evaluation.runner`): ITC similarities pick the top `--k_test` candidates,
+which the ITM head re-scores; texts are normalised as the original's `pre_caption`.
 The in-batch negatives make the loss depend on the batch: under DDP each process forms its own negatives.
 """
 
 from dataclasses import dataclass, field
 
-import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from mplug_hf import MPLUGForRetrieval
 from mplug_hf.augmentation import MPLUGTrainAugmentation
 from mplug_hf.data_collators import MPLUGRetrievalDataCollator, normalize_caption
-from mplug_hf.evaluation import retrieval_metrics
+from mplug_hf.evaluation.runner import run_retrieval
 from mplug_hf.training import (
     DataArguments,
     ModelArguments,
-    iterate_batches,
+    evaluation_records,
+    evaluation_runner,
     load_model_and_processor,
     load_split,
+    log_evaluation,
     train_and_save,
 )
 
 
 @dataclass
 class RetrievalArguments:
-    image_column: str = field(default="image")
-    caption_column: str = field(default="caption")
-    image_id_column: str = field(default="image_id")
     max_length: int = field(default=30, metadata={"help": "Text tokens (the original: 30)."})
     k_test: int = field(default=256, metadata={"help": "ITC candidates re-scored by ITM per query."})
-
-
-@torch.no_grad()
-def evaluate_retrieval(model, processor, dataset, retrieval_args, image_root, batch_size: int, device) -> dict:
-    model.eval().to(device)
-    image_collator = MPLUGRetrievalDataCollator(
-        processor, image_root=image_root, image_key=retrieval_args.image_column
-    )
-    texts, txt2img, img2txt = [], [], []
-    for image_index, captions in enumerate(dataset[retrieval_args.caption_column]):
-        captions = [captions] if isinstance(captions, str) else captions
-        img2txt.append(list(range(len(texts), len(texts) + len(captions))))
-        texts += [normalize_caption(caption) for caption in captions]
-        txt2img += [image_index] * len(captions)
-    pixel_values = torch.cat(
-        [
-            processor(images=image_collator.load_images(examples))["pixel_values"]
-            for examples in iterate_batches(dataset, batch_size)
-        ]
-    )
-    text_inputs = processor.encode_text(texts, max_length=retrieval_args.max_length)
-    scores_i2t, scores_t2i = model.retrieve(
-        pixel_values.to(device),
-        text_inputs["input_ids"].to(device),
-        text_inputs["attention_mask"].to(device),
-        k=retrieval_args.k_test,
-        batch_size=batch_size,
-    )
-    return retrieval_metrics(scores_i2t.cpu().numpy(), txt2img, img2txt, scores_t2i.cpu().numpy())
 
 
 def main():
@@ -76,13 +46,7 @@ def main():
     model, processor = load_model_and_processor(MPLUGForRetrieval, model_args)
     augmentation = MPLUGTrainAugmentation(processor.image_processor.image_size) if data_args.augment else None
     collator = MPLUGRetrievalDataCollator(
-        processor,
-        augmentation=augmentation,
-        image_root=data_args.image_root,
-        image_key=retrieval_args.image_column,
-        text_key=retrieval_args.caption_column,
-        image_id_key=retrieval_args.image_id_column,
-        max_length=retrieval_args.max_length,
+        processor, augmentation=augmentation, image_root=data_args.image_root, max_length=retrieval_args.max_length
     )
     trainer = Trainer(
         model=model,
@@ -92,25 +56,22 @@ def main():
         processing_class=processor,
     )
     if training_args.do_train:
-        if trainer.train_dataset is None:
-            raise ValueError("--do_train needs --train_file or --dataset_name")
         model = train_and_save(trainer, processor, training_args)
     if training_args.do_eval and trainer.is_world_process_zero():
-        eval_dataset = load_split(data_args, "validation")
-        if eval_dataset is None:
-            raise ValueError("--do_eval needs --validation_file or --dataset_name")
-        metrics = evaluate_retrieval(
-            model,
-            processor,
-            eval_dataset,
-            retrieval_args,
-            data_args.image_root,
-            training_args.per_device_eval_batch_size,
-            training_args.device,
+        records = [
+            {**record, "caption": [normalize_caption(c) for c in record["caption"]]}
+            if isinstance(record["caption"], list)
+            else {**record, "caption": normalize_caption(record["caption"])}
+            for record in evaluation_records(data_args)
+        ]
+        metrics = run_retrieval(
+            evaluation_runner(model, processor, data_args, training_args),
+            records,
+            training_args.output_dir,
+            k=retrieval_args.k_test,
+            text_max_length=retrieval_args.max_length,
         )
-        metrics = {f"eval_{name}": value for name, value in metrics.items()}
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+        log_evaluation(trainer, metrics)
 
 
 if __name__ == "__main__":

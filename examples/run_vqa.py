@@ -11,37 +11,34 @@ optionally `"question_id"` and `"answer_weights"`. Several answers become the di
 frequency; entries with `"dataset": "vg"` or `"gqa"` get weight 0.5 as in the original. `--dataset_name` reads a
 `datasets` dataset with the same columns (images may be PIL images). Evaluation answers each question with the
 original beam search, or ranks `--answer_list` (a JSON list, the original's `rank_answer` with `--k_test`
-candidates); `eval_predictions.json` is written and, when answers are given, the VQA accuracy.
+candidates), through `mplug_hf.evaluation.runner`: `vqa_result.json` is written and, when answers are given, the VQA
+accuracy (`eval_results.json`).
 
 Distributed: `torchrun --nproc_per_node 2 examples/run_vqa.py ...` or `accelerate launch examples/run_vqa.py ...`.
 """
 
-import json
 from dataclasses import dataclass, field
 
-import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from mplug_hf import MPLUGForQuestionAnswering
 from mplug_hf.augmentation import MPLUGTrainAugmentation
 from mplug_hf.data_collators import MPLUGVQADataCollator
-from mplug_hf.evaluation import evaluate_vqa
+from mplug_hf.evaluation.runner import load_answer_list, run_question_answering
 from mplug_hf.training import (
     DataArguments,
     ModelArguments,
-    iterate_batches,
+    evaluation_records,
+    evaluation_runner,
     load_model_and_processor,
     load_split,
-    save_json,
+    log_evaluation,
     train_and_save,
 )
 
 
 @dataclass
 class VQAArguments:
-    image_column: str = field(default="image")
-    question_column: str = field(default="question")
-    answer_column: str = field(default="answer")
     max_question_length: int = field(default=25, metadata={"help": "Question tokens (the original: 25)."})
     answer_list: str | None = field(default=None, metadata={"help": "JSON list of candidate answers to rank."})
     k_test: int = field(default=128, metadata={"help": "Candidates re-scored per question when ranking."})
@@ -57,86 +54,41 @@ def original_weights(example: dict) -> dict:
     return example
 
 
-@torch.no_grad()
-def predict_answers(model, collator, dataset, vqa_args, batch_size: int, device) -> list[str]:
-    model.eval().to(device)
-    candidates = None
-    if vqa_args.answer_list is not None:
-        with open(vqa_args.answer_list, encoding="utf-8") as handle:
-            answer_list = json.load(handle)
-        candidates = collator.processor.encode_targets(answer_list).to(device)
-    answers = []
-    for examples in iterate_batches(dataset, batch_size):
-        inputs = collator([{key: example[key] for key in (vqa_args.image_column, vqa_args.question_column)}
-                           for example in examples]).to(device)  # fmt: skip
-        if candidates is not None:
-            top_ids, _ = model.rank_answers(
-                inputs["input_ids"], inputs["pixel_values"], candidates["input_ids"], candidates["attention_mask"],
-                attention_mask=inputs["attention_mask"], k=min(vqa_args.k_test, len(answer_list)),
-            )  # fmt: skip
-            answers += [answer_list[index] for index in top_ids[:, 0].tolist()]
-        else:
-            output = model.generate_original(
-                **inputs, num_beams=vqa_args.num_beams, max_length=vqa_args.max_answer_length
-            )
-            answers += collator.processor.batch_decode(output.sequences[:, 0])
-    return answers
-
-
 def main():
     parser = HfArgumentParser((ModelArguments, DataArguments, VQAArguments, TrainingArguments))
     model_args, data_args, vqa_args, training_args = parser.parse_args_into_dataclasses()
     training_args.remove_unused_columns = False  # the collator reads the raw columns
     model, processor = load_model_and_processor(MPLUGForQuestionAnswering, model_args)
-    train_dataset = load_split(data_args, "train")
-    eval_dataset = load_split(data_args, "validation")
+    train_dataset = load_split(data_args, "train") if training_args.do_train else None
     if train_dataset is not None and "dataset" in train_dataset.column_names:
         train_dataset = train_dataset.map(original_weights)
-    image_size = processor.image_processor.image_size
-    collator_kwargs = dict(
+    augmentation = MPLUGTrainAugmentation(processor.image_processor.image_size) if data_args.augment else None
+    collator = MPLUGVQADataCollator(
+        processor,
+        augmentation=augmentation,
         image_root=data_args.image_root,
-        image_key=vqa_args.image_column,
-        question_key=vqa_args.question_column,
-        answer_key=vqa_args.answer_column,
         max_question_length=vqa_args.max_question_length,
-    )
-    train_collator = MPLUGVQADataCollator(
-        processor, augmentation=MPLUGTrainAugmentation(image_size) if data_args.augment else None, **collator_kwargs
     )
     trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
-        data_collator=train_collator,
+        data_collator=collator,
         processing_class=processor,
     )
     if training_args.do_train:
-        if train_dataset is None:
-            raise ValueError("--do_train needs --train_file or --dataset_name")
         model = train_and_save(trainer, processor, training_args)
     if training_args.do_eval and trainer.is_world_process_zero():
-        if eval_dataset is None:
-            raise ValueError("--do_eval needs --validation_file or --dataset_name")
-        eval_collator = MPLUGVQADataCollator(processor, **collator_kwargs)
-        answers = predict_answers(
-            model,
-            eval_collator,
-            eval_dataset,
-            vqa_args,
-            training_args.per_device_eval_batch_size,
-            training_args.device,
+        metrics = run_question_answering(
+            evaluation_runner(model, processor, data_args, training_args),
+            evaluation_records(data_args),
+            training_args.output_dir,
+            answer_list=load_answer_list(vqa_args.answer_list) if vqa_args.answer_list else None,
+            k=vqa_args.k_test,
+            num_beams=vqa_args.num_beams,
+            max_length=vqa_args.max_answer_length,
         )
-        question_ids = [example.get("question_id", index) for index, example in enumerate(eval_dataset)]
-        predictions = [{"question_id": qid, "answer": answer} for qid, answer in zip(question_ids, answers)]
-        save_json(predictions, training_args.output_dir, "eval_predictions.json")
-        if vqa_args.answer_column in eval_dataset.column_names:
-            annotations = [
-                {"question_id": qid, "answers": [gold] if isinstance(gold, str) else list(gold)}
-                for qid, gold in zip(question_ids, eval_dataset[vqa_args.answer_column])
-            ]
-            metrics = {"eval_vqa_accuracy": evaluate_vqa(predictions, annotations)["overall"]}
-            trainer.log_metrics("eval", metrics)
-            trainer.save_metrics("eval", metrics)
+        log_evaluation(trainer, metrics)
 
 
 if __name__ == "__main__":

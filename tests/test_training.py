@@ -101,8 +101,8 @@ def test_run_vqa_trains_saves_and_evaluates(tmp_path, data_dir, monkeypatch):
     arguments = common_arguments(model_dir, output, data_dir, data, data) + ["--answer_list", str(answers)]
     run_script("run_vqa", arguments + ["--gradient_checkpointing", "--k_test", "2"], monkeypatch)
     metrics = json.loads((output / "eval_results.json").read_text())
-    assert 0 <= metrics["eval_vqa_accuracy"] <= 100
-    predictions = json.loads((output / "eval_predictions.json").read_text())
+    assert 0 <= metrics["eval_accuracy"] <= 100
+    predictions = json.loads((output / "vqa_result.json").read_text())
     assert len(predictions) == 6 and all(p["answer"] in COLORS for p in predictions)
     reloaded = MPLUGForQuestionAnswering.from_pretrained(output)
     assert not torch.equal(
@@ -125,7 +125,7 @@ def test_run_vqa_with_lora_saves_a_merged_model(tmp_path, data_dir, monkeypatch)
     ]
     assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed)
     assert not any("vision_model" in name for name in changed)  # --freeze_vision leaves the ViT's adapters out too
-    assert "eval_vqa_accuracy" in json.loads((output / "eval_results.json").read_text())
+    assert "eval_accuracy" in json.loads((output / "eval_results.json").read_text())
 
 
 def test_run_captioning_reads_karpathy_splits(tmp_path, data_dir, monkeypatch):
@@ -145,7 +145,7 @@ def test_run_captioning_reads_karpathy_splits(tmp_path, data_dir, monkeypatch):
     )
     metrics = json.loads((output / "eval_results.json").read_text())
     assert {"eval_Bleu_4", "eval_CIDEr", "eval_ROUGE_L"} <= set(metrics)
-    assert len(json.loads((output / "eval_predictions.json").read_text())) == 2  # the "test" images
+    assert len(json.loads((output / "caption_result.json").read_text())) == 2  # the "test" images
 
 
 def test_run_retrieval_evaluates_recall(tmp_path, data_dir, monkeypatch):
@@ -185,7 +185,7 @@ def test_run_grounding_evaluates_box_accuracy(tmp_path, data_dir, monkeypatch):
     run_script("run_grounding", common_arguments(model_dir, output, data_dir, data, data), monkeypatch)
     metrics = json.loads((output / "eval_results.json").read_text())
     assert 0 <= metrics["eval_accuracy"] <= 100 and 0 <= metrics["eval_mean_iou"] <= 1
-    assert len(json.loads((output / "eval_predicted_boxes_xyxy.json").read_text())) == 6
+    assert len(json.loads((output / "grounding_result.json").read_text())) == 6
 
 
 # ----------------------------------------------------------------------------------------------------------------------

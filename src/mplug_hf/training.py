@@ -165,18 +165,32 @@ def train_and_save(trainer: Trainer, processor, training_args: TrainingArguments
     return model
 
 
-def iterate_batches(dataset, batch_size: int):
-    """Consecutive lists of example dicts (evaluation order)."""
-    for start in range(0, len(dataset), batch_size):
-        yield [dataset[index] for index in range(start, min(start + batch_size, len(dataset)))]
+def evaluation_records(data_args: DataArguments) -> list[dict]:
+    """The evaluation examples as plain dicts, the records of [`mplug_hf.evaluation.runner`]."""
+    dataset = load_split(data_args, "validation")
+    if dataset is None:
+        raise ValueError("--do_eval needs --validation_file or --dataset_name")
+    return dataset.to_list()
 
 
-def save_json(data, output_dir: str, name: str) -> str:
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, name)
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-    return path
+def evaluation_runner(model: PreTrainedModel, processor, data_args: DataArguments, training_args: TrainingArguments):
+    """The evaluation runner of the trained model (on the training device, eval mode)."""
+    from .evaluation.runner import EvaluationRunner
+
+    return EvaluationRunner(
+        model.to(training_args.device).eval(),
+        processor,
+        media_root=data_args.image_root,
+        batch_size=training_args.per_device_eval_batch_size,
+    )
+
+
+def log_evaluation(trainer: Trainer, metrics: dict | None) -> None:
+    """Log and save (`eval_results.json`) the evaluation metrics, when the data had references."""
+    if metrics:
+        metrics = {f"eval_{name}": value for name, value in metrics.items()}
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
 
 
 __all__ = [
@@ -184,13 +198,14 @@ __all__ = [
     "DataArguments",
     "ModelArguments",
     "add_lora",
+    "evaluation_records",
+    "evaluation_runner",
     "freeze_vision_encoder",
-    "iterate_batches",
     "load_model_and_processor",
     "load_split",
     "prepare_model",
     "read_examples",
+    "log_evaluation",
     "resolve_checkpoint",
-    "save_json",
     "train_and_save",
 ]
