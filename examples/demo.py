@@ -1,82 +1,183 @@
-"""The main job: build a small mPLUG, answer a question and caption a picture, save it, reload it through the Auto
-classes and check the reloaded model gives the same answers.
+"""
+The main job: fine-tune a small mPLUG, built from scratch (random initialisation), on easy-VQA with `Trainer` on the
+CPU, report its test accuracy next to the majority-answer baseline, show a few answered test images (a PNG grid in
+the output folder), save the model and processor, and answer again through `pipeline("visual-question-answering")`.
 
-The model has random weights (no Hub access is needed or used), so its words are arbitrary word pieces: the demo shows
-the whole pipeline — processor, skip-connected fusion, cached generation, the original beam search, save/load.
+easy-VQA (PyPI `easy-vqa`, MIT) holds 4,000 training and 1,000 test 64×64 images of one coloured shape, about 48k
+generated questions and 13 possible answers. The model reads the 64×64 image in 8×8 patches; its decoder generates
+the answer. The accuracy is measured with `rank_answers` over the 13 answers (the original's `rank_answer`: the
+closed answer list of the dataset); the pipeline check uses free `generate()`.
 
-    python examples/demo.py [--output-dir outputs/demo]
+    python examples/demo.py                       # full run: 1 epoch (~1,200 steps of 32), then the test set
+    python examples/demo.py --max-steps 300 --subset 8000 --test-subset 1000   # a short run
+
+No image augmentation: colour and position changes (RandAugment, crops) would change the answers of this dataset.
 """
 
 import argparse
+import os
 import time
+from collections import Counter
 
+import datasets
 import torch
+from easy_vqa import get_answers, get_test_image_paths, get_test_questions, get_train_image_paths, get_train_questions
 from PIL import Image, ImageDraw
-from transformers import AutoModelForImageTextToText, AutoModelForVisualQuestionAnswering, AutoProcessor
+from transformers import Trainer, TrainingArguments, pipeline
 
-from mplug_hf import MPLUGConfig, MPLUGForCaptioning, MPLUGForQuestionAnswering, MPLUGImageProcessor, MPLUGProcessor
+from mplug_hf import MPLUGConfig, MPLUGForQuestionAnswering, MPLUGImageProcessor, MPLUGProcessor
+from mplug_hf.data_collators import MPLUGVQADataCollator
+from mplug_hf.evaluation.runner import EvaluationRunner, answer_questions
 
 
-def demo_image() -> Image.Image:
-    """An embedded default picture: a red circle and a blue square on a light background."""
-    image = Image.new("RGB", (160, 120), (235, 235, 220))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((15, 25, 75, 85), fill=(200, 30, 30))
-    draw.rectangle((95, 40, 145, 90), fill=(30, 60, 200))
-    return image
+# rank_answers re-scores the answers whose first token is most probable: 4 of the 13 keep the evaluation quick.
+RESCORED_ANSWERS = 4
 
 
 def small_config() -> MPLUGConfig:
-    """mPLUG-base's layout (S=3, one connected fusion layer) at a width that runs in seconds on a CPU."""
+    """
+    mPLUG's layout (ViT, text encoder, a co-attention and a connected fusion layer, decoder) at CPU-demo size. Trained
+    from scratch, a wider initialisation than BERT's 0.02 makes the attention logits informative from the first steps:
+    with 0.1 the model reaches in 200 steps the accuracy that takes 1,000 steps with 0.02.
+    """
     return MPLUGConfig(
-        vision_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                           image_size=96, patch_size=16),
-        text_config=dict(hidden_size=128, intermediate_size=512, num_attention_heads=4),
-        text_encoder_layers=2, fusion_layers=6, stride_layer=3, decoder_layers=2,
+        vision_config=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+                           image_size=64, patch_size=8),
+        text_config=dict(hidden_size=128, intermediate_size=512, num_attention_heads=4, max_position_embeddings=32,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+        text_encoder_layers=2, fusion_layers=2, stride_layer=1, decoder_layers=2, initializer_range=0.1,
     )  # fmt: skip
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
+def easy_vqa_split(split: str, limit: int | None) -> datasets.Dataset:
+    questions, answers, image_ids = get_train_questions() if split == "train" else get_test_questions()
+    paths = get_train_image_paths() if split == "train" else get_test_image_paths()
+    rows = {"image": [paths[i] for i in image_ids], "question": questions, "answer": answers}
+    dataset = datasets.Dataset.from_dict(rows)
+    if limit is not None and limit < len(dataset):
+        # A seeded shuffle first: the files list the questions of one image together.
+        dataset = dataset.shuffle(seed=0).select(range(limit))
+    return dataset
+
+
+def save_examples_grid(examples, predictions, path: str, scale: int = 3):
+    """Each test image enlarged, with its question, the model's answer and the true one."""
+    cell_width, text_height = 64 * scale + 140, 48
+    grid = Image.new("RGB", (cell_width * 4, (64 * scale + text_height) * ((len(examples) + 3) // 4)), "white")
+    draw = ImageDraw.Draw(grid)
+    for index, (example, prediction) in enumerate(zip(examples, predictions)):
+        left, top = (index % 4) * cell_width, (index // 4) * (64 * scale + text_height)
+        image = Image.open(example["image"]).convert("RGB").resize((64 * scale, 64 * scale), Image.Resampling.NEAREST)
+        grid.paste(image, (left + 70, top))
+        correct = prediction == example["answer"]
+        mark = "right" if correct else f"wrong, truth: {example['answer']}"
+        draw.text((left + 4, top + 64 * scale + 4), example["question"], fill="black")
+        draw.text(
+            (left + 4, top + 64 * scale + 22), f"-> {prediction} ({mark})", fill="darkgreen" if correct else "red"
+        )
+    grid.save(path)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="outputs/demo")
-    args = parser.parse_args()
-    torch.manual_seed(0)
+    parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (default: 1 epoch)")
+    parser.add_argument("--subset", type=int, default=None, help="train on this many questions")
+    parser.add_argument("--test-subset", type=int, default=None, help="evaluate on this many test questions")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (1 is robust on a shared CPU; 2 is faster on an idle one)"
+    )
+    args = parser.parse_args(argv)
+    # For matrices this small, intra-op threads that wait for each other on a busy CPU cost far more than they save:
+    # one thread ran a step in 0.75 s where two took 10 s beside another process.
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+
+    train_dataset = easy_vqa_split("train", args.subset)
+    test_dataset = easy_vqa_split("test", args.test_subset)
+    answer_list = get_answers()
     config = small_config()
     processor = MPLUGProcessor(MPLUGImageProcessor(image_size=config.vision_config.image_size))
-    image, question = demo_image(), "what color is the circle?"
-    print(f"mPLUG: fusion layers {config.fusion_layers}, stride {config.stride_layer}, connected layers "
-          f"{[j for j in range(config.fusion_layers) if config.is_connected_fusion_layer(j)]}")  # fmt: skip
+    collator = MPLUGVQADataCollator(processor)
+    torch.manual_seed(args.seed)
+    model = MPLUGForQuestionAnswering(config)
+    print(
+        f"easy-VQA: {len(train_dataset)} training / {len(test_dataset)} test questions, {len(answer_list)} answers; "
+        f"mPLUG with {model.num_parameters() / 1e6:.1f}M parameters (random init)"
+    )
 
-    vqa = MPLUGForQuestionAnswering(config).eval()
-    captioner = MPLUGForCaptioning(config).eval()
-    inputs = processor(images=image, text=question)
-    start = time.perf_counter()
-    with torch.no_grad():
-        answer_ids = vqa.generate(**inputs, num_beams=3, max_new_tokens=5)
-        caption_ids = captioner.generate(pixel_values=inputs["pixel_values"], num_beams=3, max_new_tokens=8)
-    original = vqa.generate_original(**inputs, num_beams=3, max_length=5)
-    elapsed = time.perf_counter() - start
-    answer, caption = processor.decode(answer_ids[0]), processor.decode(caption_ids[0])
-    print(f"question: {question!r}\nanswer (random weights): {answer!r}\ncaption (random weights): {caption!r}")
-    print(f"original beam search answer: {processor.decode(original.sequences[0, 0])!r} (score {original.scores[0, 0]:.3f})")
-    print(f"generation took {elapsed:.2f}s")
+    training_args = TrainingArguments(
+        output_dir=args.output_dir,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        weight_decay=0.01,
+        warmup_steps=0.05,
+        lr_scheduler_type="linear",
+        num_train_epochs=1,
+        max_steps=args.max_steps,
+        max_grad_norm=1.0,
+        logging_steps=50,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=args.seed,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+    model.accepts_loss_kwargs = False  # the head averages its loss per question itself
+    trainer = Trainer(model=model, args=training_args, train_dataset=train_dataset, data_collator=collator)
+    trainer.train()
+    train_seconds = time.perf_counter() - start
 
-    vqa.save_pretrained(f"{args.output_dir}/vqa")
-    processor.save_pretrained(f"{args.output_dir}/vqa")
-    captioner.save_pretrained(f"{args.output_dir}/caption")
-    reloaded_vqa = AutoModelForVisualQuestionAnswering.from_pretrained(f"{args.output_dir}/vqa").eval()
-    reloaded_captioner = AutoModelForImageTextToText.from_pretrained(f"{args.output_dir}/caption").eval()
-    reloaded_processor = AutoProcessor.from_pretrained(f"{args.output_dir}/vqa")
-    inputs = reloaded_processor(images=image, text=question)
-    with torch.no_grad():
-        same_answer = torch.equal(reloaded_vqa.generate(**inputs, num_beams=3, max_new_tokens=5), answer_ids)
-        same_caption = torch.equal(
-            reloaded_captioner.generate(pixel_values=inputs["pixel_values"], num_beams=3, max_new_tokens=8), caption_ids
+    runner = EvaluationRunner(model.eval(), processor, batch_size=256)
+    answers = answer_questions(runner, test_dataset.to_list(), answer_list, k=RESCORED_ANSWERS)
+    predictions = [answer["answer"] for answer in answers]
+    gold = test_dataset["answer"]
+    accuracy = sum(p == g for p, g in zip(predictions, gold)) / len(gold)
+    majority_answer = Counter(train_dataset["answer"]).most_common(1)[0][0]
+    baseline = sum(g == majority_answer for g in gold) / len(gold)
+    print(f"\ntest accuracy (rank_answers over the {len(answer_list)} answers):  {accuracy:.1%}")
+    print(f"majority-answer baseline (always {majority_answer!r}):            {baseline:.1%}")
+    print(f"training took {train_seconds / 60:.1f} min; total {(time.perf_counter() - start) / 60:.1f} min")
+
+    # Eight questions about different images (the split lists the questions of one image together).
+    shown_indices = range(0, len(test_dataset), max(1, len(test_dataset) // 8))[:8]
+    shown = [test_dataset[i] for i in shown_indices]
+    shown_predictions = [predictions[i] for i in shown_indices]
+    print("\nexamples:")
+    for example, prediction in zip(shown, shown_predictions):
+        print(
+            f"  {os.path.basename(example['image'])}: {example['question']!r} -> {prediction!r} (truth {example['answer']!r})"
         )
-    print(f"saved to {args.output_dir}; reloaded {type(reloaded_vqa).__name__} and {type(reloaded_captioner).__name__}"
-          f" through the Auto classes: same answer {same_answer}, same caption {same_caption}")  # fmt: skip
-    if not (same_answer and same_caption):
-        raise SystemExit("reloaded model disagrees with the saved one")
+    grid_path = os.path.join(args.output_dir, "examples.png")
+    os.makedirs(args.output_dir, exist_ok=True)
+    save_examples_grid(shown, shown_predictions, grid_path)
+    print(f"grid of these examples: {grid_path}")
+
+    model.save_pretrained(args.output_dir)
+    processor.save_pretrained(args.output_dir)
+    vqa = pipeline("visual-question-answering", model=args.output_dir, device="cpu")
+    print(f"\nsaved to {args.output_dir}; reloaded through pipeline('visual-question-answering'):")
+    agree = 0
+    for example, prediction in zip(shown, shown_predictions):
+        generated = vqa(image=example["image"], question=example["question"])[0]["answer"]
+        ranked = vqa(
+            image=example["image"],
+            question=example["question"],
+            candidate_answers=answer_list,
+            num_rescored_candidates=RESCORED_ANSWERS,
+        )[0]
+        agree += ranked["answer"] == prediction
+        print(
+            f"  {example['question']!r}: generate() -> {generated!r}; ranked -> {ranked['answer']!r} ({ranked['score']:.2f})"
+        )
+    print(f"the reloaded model ranks like the trained one on {agree}/{len(shown)} examples")
+    if agree != len(shown):
+        raise SystemExit("the reloaded model disagrees with the trained one")
+    return {"accuracy": accuracy, "baseline": baseline, "train_seconds": train_seconds}
 
 
 if __name__ == "__main__":
