@@ -127,7 +127,6 @@ def main(argv=None) -> dict:
         remove_unused_columns=False,
         disable_tqdm=False,
     )
-    model.accepts_loss_kwargs = False  # the head averages its loss per question itself
     trainer = Trainer(model=model, args=training_args, train_dataset=train_dataset, data_collator=collator)
     trainer.train()
     train_seconds = time.perf_counter() - start

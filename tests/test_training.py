@@ -226,7 +226,6 @@ def test_lora_trains_only_the_adapters_and_lowers_the_loss(tmp_path, config):
     # A "pretrained" model first (full training: class c → token 10 + c), then LoRA learns another mapping.
     torch.manual_seed(0)
     base = MPLUGForQuestionAnswering(config)
-    base.accepts_loss_kwargs = False
     arguments = training_arguments(tmp_path, max_steps=50, per_device_train_batch_size=6, learning_rate=1e-2)
     Trainer(model=base, args=arguments, train_dataset=synthetic_vqa_examples({0: 10, 1: 11, 2: 12})).train()
     before = {name: weight.clone() for name, weight in base.state_dict().items()}
@@ -275,7 +274,6 @@ def test_resume_from_checkpoint_reproduces_an_uninterrupted_run(tmp_path, data_d
     def train(output_dir, callbacks=(), resume=None):
         torch.manual_seed(0)
         model = MPLUGForQuestionAnswering(bert_vocab_config())
-        model.accepts_loss_kwargs = False
         arguments = training_arguments(output_dir, max_steps=6, save_strategy="steps", save_steps=3)
         trainer = Trainer(model=model, args=arguments, train_dataset=examples, data_collator=collator)
         for callback in callbacks:
@@ -339,3 +337,11 @@ def test_easy_vqa_short_run_learns_well_above_the_majority_baseline(tmp_path):
     )
     assert results["accuracy"] > results["baseline"] + 0.25
     assert (tmp_path / "examples.png").is_file() and (tmp_path / "model.safetensors").is_file()
+
+
+def test_heads_normalise_their_own_loss_for_trainer():
+    """Trainer must divide by gradient-accumulation steps, not rescale by num_items_in_batch."""
+    from mplug_hf import MPLUGForCaptioning, MPLUGForGrounding, MPLUGForRetrieval
+
+    for head in (MPLUGForQuestionAnswering, MPLUGForCaptioning, MPLUGForRetrieval, MPLUGForGrounding):
+        assert head.accepts_loss_kwargs is False

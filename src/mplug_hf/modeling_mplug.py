@@ -633,6 +633,9 @@ class MPLUGPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules = ["MPLUGVisionLayer", "MPLUGTextLayer", "MPLUGTextEmbeddings"]
     _skip_keys_device_placement = ["cache"]
+    # The heads normalise their losses themselves (per question, per token): Trainer must divide by the gradient
+    # accumulation steps and not rescale by `num_items_in_batch`, which it does for any forward taking **kwargs.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: MPLUGConfig, *inputs, **kwargs):
         super().__init__(config, *inputs, **kwargs)

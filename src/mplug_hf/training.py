@@ -122,9 +122,6 @@ def add_lora(model: PreTrainedModel, model_args: ModelArguments):
 
 
 def prepare_model(model: PreTrainedModel, model_args: ModelArguments):
-    # The heads normalise their losses themselves (per question, per token): Trainer must divide by the gradient
-    # accumulation steps and not rescale by `num_items_in_batch`, which it would do for any forward taking **kwargs.
-    model.accepts_loss_kwargs = False
     if model_args.freeze_vision:
         freeze_vision_encoder(model)
     if model_args.lora:
