@@ -17,7 +17,15 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from mplug_hf import MPLUGForQuestionAnswering, MPLUGImageProcessor, MPLUGProcessor
 from mplug_hf.data_collators import MPLUGVQADataCollator
-from mplug_hf.training import ModelArguments, add_lora, freeze_vision_encoder, prepare_model
+from mplug_hf.training import (
+    CheckpointCompletionCallback,
+    ModelArguments,
+    add_lora,
+    freeze_vision_encoder,
+    last_complete_checkpoint,
+    prepare_model,
+    resolve_checkpoint,
+)
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -288,6 +296,33 @@ def test_resume_from_checkpoint_reproduces_an_uninterrupted_run(tmp_path, data_d
     resumed = train(interrupted_dir, resume=str(interrupted_dir / "checkpoint-3"))
     for name, weight in uninterrupted.items():
         torch.testing.assert_close(resumed[name], weight, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint_to_resume_from(tmp_path, data_dir):
+    processor = MPLUGProcessor(MPLUGImageProcessor(image_size=32))
+    examples = fixed_vqa_batch(data_dir, processor) * 2
+    torch.manual_seed(0)
+    arguments = training_arguments(tmp_path, max_steps=6, save_strategy="steps", save_steps=3)
+    trainer = Trainer(
+        model=MPLUGForQuestionAnswering(bert_vocab_config()),
+        args=arguments,
+        train_dataset=examples,
+        data_collator=MPLUGVQADataCollator(processor),
+        callbacks=[CheckpointCompletionCallback()],
+    )
+    trainer.train()
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-6")
+    # a run killed while writing checkpoint-9: the folder exists, its weights are cut short, no completion marker
+    partial = tmp_path / "checkpoint-9"
+    partial.mkdir()
+    weights = (tmp_path / "checkpoint-6" / "model.safetensors").read_bytes()
+    (partial / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-6")
+    arguments.resume_from_checkpoint = "True"
+    assert resolve_checkpoint(arguments) == str(tmp_path / "checkpoint-6")
+    reloaded = MPLUGForQuestionAnswering.from_pretrained(tmp_path / "checkpoint-6")
+    for name, weight in trainer.model.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], weight, msg=name)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

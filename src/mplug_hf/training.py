@@ -10,11 +10,12 @@ and `--resume_from_checkpoint` are `TrainingArguments` options passed through un
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
-from transformers import AutoProcessor, PreTrainedModel, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import AutoProcessor, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 
 from .modeling_mplug import MPLUGVisionModel
 
@@ -129,22 +130,48 @@ def prepare_model(model: PreTrainedModel, model_args: ModelArguments):
     return model
 
 
+CHECKPOINT_COMPLETE = "checkpoint_complete"
+
+
+class CheckpointCompletionCallback(TrainerCallback):
+    """Marks a checkpoint folder complete once Trainer has written all of it: Trainer writes checkpoints in place,
+    so a run killed while saving leaves a partial folder that must never be resumed from."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir, f"checkpoint-{state.global_step}")
+        if state.is_world_process_zero and folder.is_dir():
+            (folder / CHECKPOINT_COMPLETE).touch()
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest `checkpoint-N` in `output_dir` whose save finished (see [`CheckpointCompletionCallback`])."""
+    if not os.path.isdir(output_dir):
+        return None
+    steps = [int(m.group(1)) for name in os.listdir(output_dir) if (m := re.fullmatch(r"checkpoint-(\d+)", name))]
+    for step in sorted(steps, reverse=True):
+        folder = os.path.join(output_dir, f"checkpoint-{step}")
+        if os.path.isfile(os.path.join(folder, CHECKPOINT_COMPLETE)):
+            return folder
+    return None
+
+
 def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
-    """`--resume_from_checkpoint PATH` (or `True` for the latest), else the latest checkpoint in `output_dir`
-    unless `--overwrite_output_dir`."""
+    """`--resume_from_checkpoint PATH` (or `True` for the latest complete one), else the latest complete checkpoint
+    in `output_dir` unless `--overwrite_output_dir`."""
     resume = training_args.resume_from_checkpoint
     if resume not in (None, "", "False", "false"):
         if resume in (True, "True", "true"):
-            return get_last_checkpoint(training_args.output_dir)
+            return last_complete_checkpoint(training_args.output_dir)
         return resume
-    if os.path.isdir(training_args.output_dir) and not getattr(training_args, "overwrite_output_dir", False):
-        return get_last_checkpoint(training_args.output_dir)
+    if not getattr(training_args, "overwrite_output_dir", False):
+        return last_complete_checkpoint(training_args.output_dir)
     return None
 
 
 def train_and_save(trainer: Trainer, processor, training_args: TrainingArguments) -> PreTrainedModel:
     """Train (resuming when a checkpoint is found), save the model — LoRA merged into the weights — and the
     processor to `output_dir`, log the train metrics; returns the trained (merged) model."""
+    trainer.add_callback(CheckpointCompletionCallback())
     result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
