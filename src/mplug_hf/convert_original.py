@@ -533,7 +533,7 @@ def split_momentum_state(
             if key.startswith(old):
                 renamed[new + key[len(old) :]] = value
                 sources[new + key[len(old) :]] = key
-    converted, inner = (convert_state_dict(renamed, config, _MOMENTUM_PREFIXES)) if renamed else ({}, None)
+    converted, inner = convert_state_dict(renamed, config, _MOMENTUM_PREFIXES) if renamed else ({}, None)
     report = ConversionReport()
     if inner is not None:
         report.mapped = {sources[key]: target for key, target in inner.mapped.items()}

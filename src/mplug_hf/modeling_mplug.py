@@ -476,18 +476,17 @@ class MPLUGFusionEncoder(nn.Module):
         self.layers = nn.ModuleList(
             [MPLUGTextLayer(config.text_config, has_cross_attention=not connected) for connected in self.connected]
         )
-
-    def _co_attention_runs(self) -> list[list[int]]:
-        """Indices of the co-attention layers, grouped into runs between connected layers."""
-        runs = []
+        # the co-attention layers grouped into runs between connected layers, keyed by their first layer
+        self.co_attention_runs: dict[int, list[int]] = {}
+        run_start = None
         for index, connected in enumerate(self.connected):
             if connected:
+                run_start = None
                 continue
-            if runs and runs[-1][-1] == index - 1:
-                runs[-1].append(index)
-            else:
-                runs.append([index])
-        return runs
+            if run_start is None:
+                run_start = index
+                self.co_attention_runs[run_start] = []
+            self.co_attention_runs[run_start].append(index)
 
     def _project_image_keys_values(self, run: list[int], image_states: torch.Tensor) -> dict[int, tuple]:
         """The cross-attention (key, value) of every layer in `run` from one matmul over the image tokens."""
@@ -522,8 +521,7 @@ class MPLUGFusionEncoder(nn.Module):
         fused = self.config._attn_implementation == FUSED_ATTENTION
         precomputed = {}
         if fused and self.layers and not self.connected[0]:
-            first_run = self._co_attention_runs()[0]
-            precomputed = self._project_image_keys_values(first_run, image_states)
+            precomputed = self._project_image_keys_values(self.co_attention_runs[0], image_states)
             if image_indices is not None:
                 precomputed = {
                     index: tuple(t.index_select(0, image_indices) for t in key_value)
@@ -550,7 +548,6 @@ class MPLUGFusionEncoder(nn.Module):
                 attention_mask=torch.cat([image_attention_mask, text_attention_mask], dim=1),
             )
         num_image_tokens = image_states.shape[1]
-        runs = {run[0]: run for run in self._co_attention_runs()}
         for index, (layer, connected) in enumerate(zip(self.layers, self.connected)):
             if connected:
                 joint = layer(torch.cat([image_states, text_states], dim=1), joint_mask, **kwargs)
@@ -558,7 +555,7 @@ class MPLUGFusionEncoder(nn.Module):
                 text_states = joint[:, num_image_tokens:]
                 continue
             if fused and index not in precomputed:
-                precomputed.update(self._project_image_keys_values(runs[index], image_states))
+                precomputed.update(self._project_image_keys_values(self.co_attention_runs[index], image_states))
             text_states = layer(
                 text_states,
                 text_mask,
@@ -1540,8 +1537,9 @@ class MPLUGMomentumEncoders(nn.Module):
     @torch.no_grad()
     def update(self, owner: "MPLUGContrastiveMixin"):
         """θ_m ← m·θ_m + (1 − m)·θ (a copy the first time)."""
-        online = [p for pair in self._pairs(owner) for p in pair[0].parameters()]
-        momentum = [p for pair in self._pairs(owner) for p in pair[1].parameters()]
+        pairs = self._pairs(owner)
+        online = [p for online_module, _ in pairs for p in online_module.parameters()]
+        momentum = [p for _, momentum_module in pairs for p in momentum_module.parameters()]
         if not bool(self.initialized):
             torch._foreach_copy_(momentum, online)
             self.initialized.fill_(True)
@@ -1628,10 +1626,7 @@ class MPLUGContrastiveMixin:
             image_feat_all = torch.cat([image_feat_m.t(), momentum.image_queue.clone()], dim=1)
             text_feat_all = torch.cat([text_feat_m.t(), momentum.text_queue.clone()], dim=1)
             if image_ids is None:  # each pair is its own image; queued features are negatives
-                positives = F.pad(
-                    torch.eye(image_feat.shape[0], device=image_feat.device), (0, text_feat_all.shape[1])
-                )
-                positives = positives[:, : text_feat_all.shape[1]]
+                positives = torch.eye(image_feat.shape[0], text_feat_all.shape[1], device=image_feat.device)
             else:
                 ids_all = torch.cat([image_ids.view(1, -1), momentum.idx_queue.clone()], dim=1)
                 positives = (image_ids.view(-1, 1) == ids_all).float()
