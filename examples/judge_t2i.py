@@ -87,7 +87,8 @@ class Judge:
         self.yes_id, self.no_id = tokenizer.convert_tokens_to_ids("yes"), tokenizer.convert_tokens_to_ids("no")
 
     def _inputs(self, questions: list[dict], image_root: str | None) -> dict:
-        paths = list(dict.fromkeys(question["image"] for question in questions))
+        positions = {path: index for index, path in enumerate(dict.fromkeys(q["image"] for q in questions))}
+        paths = list(positions)
         images = [load_image(os.path.join(image_root, path) if image_root else path) for path in paths]
         pixel_values = self.processor(images=images)["pixel_values"]
         encoded = self.processor(text=[question["question"] for question in questions], max_length=self.max_length)
@@ -96,7 +97,7 @@ class Judge:
             "pixel_values": pixel_values.to(device, self.model.dtype),
             "input_ids": encoded["input_ids"].to(device),
             "attention_mask": encoded["attention_mask"].to(device),
-            "image_indices": torch.tensor([paths.index(question["image"]) for question in questions], device=device),
+            "image_indices": torch.tensor([positions[question["image"]] for question in questions], device=device),
         }
 
     def __call__(self, questions: list[dict], image_root: str | None = None) -> list[dict]:
