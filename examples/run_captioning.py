@@ -18,22 +18,12 @@ import os
 from dataclasses import dataclass, field
 
 import datasets
-from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from mplug_hf import MPLUGForCaptioning
 from mplug_hf.augmentation import MPLUGTrainAugmentation
 from mplug_hf.data_collators import MPLUGCaptioningDataCollator
 from mplug_hf.evaluation.runner import run_captioning
-from mplug_hf.training import (
-    DataArguments,
-    ModelArguments,
-    evaluation_records,
-    evaluation_runner,
-    load_model_and_processor,
-    load_split,
-    log_evaluation,
-    train_and_save,
-)
+from mplug_hf.training import fine_tune
 
 
 @dataclass
@@ -64,45 +54,36 @@ def caption_records(dataset: datasets.Dataset, splits: tuple[str, ...] | None) -
     return records
 
 
-def main():
-    parser = HfArgumentParser((ModelArguments, DataArguments, CaptioningArguments, TrainingArguments))
-    model_args, data_args, caption_args, training_args = parser.parse_args_into_dataclasses()
-    training_args.remove_unused_columns = False
-    model, processor = load_model_and_processor(MPLUGForCaptioning, model_args)
+def captioning_collator(processor, data_args, caption_args) -> MPLUGCaptioningDataCollator:
     augmentation = MPLUGTrainAugmentation(processor.image_processor.image_size) if data_args.augment else None
-    collator = MPLUGCaptioningDataCollator(
+    return MPLUGCaptioningDataCollator(
         processor,
         augmentation=augmentation,
         image_root=data_args.image_root,
         prompt=caption_args.prompt,
         max_length=caption_args.max_length,
     )
-    train_dataset = load_split(data_args, "train") if training_args.do_train else None
-    if train_dataset is not None:
-        splits = ("train", "restval") if caption_args.karpathy_split else None
-        train_dataset = datasets.Dataset.from_list(caption_records(train_dataset, splits))
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        data_collator=collator,
-        processing_class=processor,
+
+
+def training_captions(dataset, caption_args) -> datasets.Dataset:
+    splits = ("train", "restval") if caption_args.karpathy_split else None
+    return datasets.Dataset.from_list(caption_records(dataset, splits))
+
+
+def evaluate(runner, records, caption_args, output_dir):
+    return run_captioning(
+        runner,
+        caption_records(records, ("test",) if caption_args.karpathy_split else None),
+        output_dir,
+        prompt=caption_args.prompt,
+        num_beams=caption_args.num_beams,
+        min_length=caption_args.min_length,
+        max_length=caption_args.max_length,
     )
-    if training_args.do_train:
-        model = train_and_save(trainer, processor, training_args)
-    if training_args.do_eval and trainer.is_world_process_zero():
-        records = evaluation_records(data_args)
-        records = caption_records(records, ("test",) if caption_args.karpathy_split else None)
-        metrics = run_captioning(
-            evaluation_runner(model, processor, data_args, training_args),
-            records,
-            training_args.output_dir,
-            prompt=caption_args.prompt,
-            num_beams=caption_args.num_beams,
-            min_length=caption_args.min_length,
-            max_length=caption_args.max_length,
-        )
-        log_evaluation(trainer, metrics)
+
+
+def main():
+    fine_tune(MPLUGForCaptioning, CaptioningArguments, captioning_collator, evaluate, training_captions)
 
 
 if __name__ == "__main__":

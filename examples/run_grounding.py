@@ -15,22 +15,11 @@ box decoding, scored in pixels of the input image.
 
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser, Trainer, TrainingArguments
-
 from mplug_hf import MPLUGForGrounding
 from mplug_hf.augmentation import MPLUGGroundingAugmentation
 from mplug_hf.data_collators import MPLUGGroundingDataCollator
 from mplug_hf.evaluation.runner import run_grounding
-from mplug_hf.training import (
-    DataArguments,
-    ModelArguments,
-    evaluation_records,
-    evaluation_runner,
-    load_model_and_processor,
-    load_split,
-    log_evaluation,
-    train_and_save,
-)
+from mplug_hf.training import fine_tune
 
 
 @dataclass
@@ -39,37 +28,25 @@ class GroundingArguments:
     max_length: int = field(default=20, metadata={"help": "Query tokens (the original: 20)."})
 
 
-def main():
-    parser = HfArgumentParser((ModelArguments, DataArguments, GroundingArguments, TrainingArguments))
-    model_args, data_args, grounding_args, training_args = parser.parse_args_into_dataclasses()
-    training_args.remove_unused_columns = False
-    model, processor = load_model_and_processor(MPLUGForGrounding, model_args)
+def grounding_collator(processor, data_args, grounding_args) -> MPLUGGroundingDataCollator:
     augmentation = MPLUGGroundingAugmentation(processor.image_processor.image_size) if data_args.augment else None
-    collator = MPLUGGroundingDataCollator(
+    return MPLUGGroundingDataCollator(
         processor,
         augmentation=augmentation,
         image_root=data_args.image_root,
         box_format=grounding_args.box_format,
         max_length=grounding_args.max_length,
     )
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=load_split(data_args, "train") if training_args.do_train else None,
-        data_collator=collator,
-        processing_class=processor,
+
+
+def evaluate(runner, records, grounding_args, output_dir):
+    return run_grounding(
+        runner, records, output_dir, box_format=grounding_args.box_format, max_length=grounding_args.max_length
     )
-    if training_args.do_train:
-        model = train_and_save(trainer, processor, training_args)
-    if training_args.do_eval and trainer.is_world_process_zero():
-        metrics = run_grounding(
-            evaluation_runner(model, processor, data_args, training_args),
-            evaluation_records(data_args),
-            training_args.output_dir,
-            box_format=grounding_args.box_format,
-            max_length=grounding_args.max_length,
-        )
-        log_evaluation(trainer, metrics)
+
+
+def main():
+    fine_tune(MPLUGForGrounding, GroundingArguments, grounding_collator, evaluate)
 
 
 if __name__ == "__main__":

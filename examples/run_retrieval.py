@@ -15,22 +15,11 @@ The in-batch negatives make the loss depend on the batch: under DDP each process
 
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser, Trainer, TrainingArguments
-
 from mplug_hf import MPLUGForRetrieval
 from mplug_hf.augmentation import MPLUGTrainAugmentation
 from mplug_hf.data_collators import MPLUGRetrievalDataCollator, normalize_caption
 from mplug_hf.evaluation.runner import run_retrieval
-from mplug_hf.training import (
-    DataArguments,
-    ModelArguments,
-    evaluation_records,
-    evaluation_runner,
-    load_model_and_processor,
-    load_split,
-    log_evaluation,
-    train_and_save,
-)
+from mplug_hf.training import fine_tune
 
 
 @dataclass
@@ -39,39 +28,27 @@ class RetrievalArguments:
     k_test: int = field(default=256, metadata={"help": "ITC candidates re-scored by ITM per query."})
 
 
-def main():
-    parser = HfArgumentParser((ModelArguments, DataArguments, RetrievalArguments, TrainingArguments))
-    model_args, data_args, retrieval_args, training_args = parser.parse_args_into_dataclasses()
-    training_args.remove_unused_columns = False
-    model, processor = load_model_and_processor(MPLUGForRetrieval, model_args)
+def retrieval_collator(processor, data_args, retrieval_args) -> MPLUGRetrievalDataCollator:
     augmentation = MPLUGTrainAugmentation(processor.image_processor.image_size) if data_args.augment else None
-    collator = MPLUGRetrievalDataCollator(
+    return MPLUGRetrievalDataCollator(
         processor, augmentation=augmentation, image_root=data_args.image_root, max_length=retrieval_args.max_length
     )
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=load_split(data_args, "train") if training_args.do_train else None,
-        data_collator=collator,
-        processing_class=processor,
+
+
+def evaluate(runner, records, retrieval_args, output_dir):
+    records = [
+        {**record, "caption": [normalize_caption(c) for c in record["caption"]]}
+        if isinstance(record["caption"], list)
+        else {**record, "caption": normalize_caption(record["caption"])}
+        for record in records
+    ]
+    return run_retrieval(
+        runner, records, output_dir, k=retrieval_args.k_test, text_max_length=retrieval_args.max_length
     )
-    if training_args.do_train:
-        model = train_and_save(trainer, processor, training_args)
-    if training_args.do_eval and trainer.is_world_process_zero():
-        records = [
-            {**record, "caption": [normalize_caption(c) for c in record["caption"]]}
-            if isinstance(record["caption"], list)
-            else {**record, "caption": normalize_caption(record["caption"])}
-            for record in evaluation_records(data_args)
-        ]
-        metrics = run_retrieval(
-            evaluation_runner(model, processor, data_args, training_args),
-            records,
-            training_args.output_dir,
-            k=retrieval_args.k_test,
-            text_max_length=retrieval_args.max_length,
-        )
-        log_evaluation(trainer, metrics)
+
+
+def main():
+    fine_tune(MPLUGForRetrieval, RetrievalArguments, retrieval_collator, evaluate)
 
 
 if __name__ == "__main__":

@@ -19,22 +19,11 @@ Distributed: `torchrun --nproc_per_node 2 examples/run_vqa.py ...` or `accelerat
 
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser, Trainer, TrainingArguments
-
 from mplug_hf import MPLUGForQuestionAnswering
 from mplug_hf.augmentation import MPLUGTrainAugmentation
 from mplug_hf.data_collators import MPLUGVQADataCollator
 from mplug_hf.evaluation.runner import load_answer_list, run_question_answering
-from mplug_hf.training import (
-    DataArguments,
-    ModelArguments,
-    evaluation_records,
-    evaluation_runner,
-    load_model_and_processor,
-    load_split,
-    log_evaluation,
-    train_and_save,
-)
+from mplug_hf.training import fine_tune
 
 
 @dataclass
@@ -54,41 +43,34 @@ def original_weights(example: dict) -> dict:
     return example
 
 
-def main():
-    parser = HfArgumentParser((ModelArguments, DataArguments, VQAArguments, TrainingArguments))
-    model_args, data_args, vqa_args, training_args = parser.parse_args_into_dataclasses()
-    training_args.remove_unused_columns = False  # the collator reads the raw columns
-    model, processor = load_model_and_processor(MPLUGForQuestionAnswering, model_args)
-    train_dataset = load_split(data_args, "train") if training_args.do_train else None
-    if train_dataset is not None and "dataset" in train_dataset.column_names:
-        train_dataset = train_dataset.map(original_weights)
+def vqa_collator(processor, data_args, vqa_args) -> MPLUGVQADataCollator:
     augmentation = MPLUGTrainAugmentation(processor.image_processor.image_size) if data_args.augment else None
-    collator = MPLUGVQADataCollator(
+    return MPLUGVQADataCollator(
         processor,
         augmentation=augmentation,
         image_root=data_args.image_root,
         max_question_length=vqa_args.max_question_length,
     )
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        data_collator=collator,
-        processing_class=processor,
+
+
+def evaluate(runner, records, vqa_args, output_dir):
+    return run_question_answering(
+        runner,
+        records,
+        output_dir,
+        answer_list=load_answer_list(vqa_args.answer_list) if vqa_args.answer_list else None,
+        k=vqa_args.k_test,
+        num_beams=vqa_args.num_beams,
+        max_length=vqa_args.max_answer_length,
     )
-    if training_args.do_train:
-        model = train_and_save(trainer, processor, training_args)
-    if training_args.do_eval and trainer.is_world_process_zero():
-        metrics = run_question_answering(
-            evaluation_runner(model, processor, data_args, training_args),
-            evaluation_records(data_args),
-            training_args.output_dir,
-            answer_list=load_answer_list(vqa_args.answer_list) if vqa_args.answer_list else None,
-            k=vqa_args.k_test,
-            num_beams=vqa_args.num_beams,
-            max_length=vqa_args.max_answer_length,
-        )
-        log_evaluation(trainer, metrics)
+
+
+def with_original_weights(dataset, vqa_args):
+    return dataset.map(original_weights) if "dataset" in dataset.column_names else dataset
+
+
+def main():
+    fine_tune(MPLUGForQuestionAnswering, VQAArguments, vqa_collator, evaluate, with_original_weights)
 
 
 if __name__ == "__main__":

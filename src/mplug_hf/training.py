@@ -11,11 +11,19 @@ and `--resume_from_checkpoint` are `TrainingArguments` options passed through un
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from transformers import AutoProcessor, PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    AutoProcessor,
+    HfArgumentParser,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from .modeling_mplug import MPLUGVisionModel
 
@@ -217,12 +225,51 @@ def log_evaluation(trainer: Trainer, metrics: dict | None) -> None:
         trainer.save_metrics("eval", metrics)
 
 
+def fine_tune(
+    model_class: type[PreTrainedModel],
+    task_arguments: type,
+    make_collator: Callable,
+    evaluate: Callable,
+    prepare_train_dataset: Callable | None = None,
+) -> None:
+    """
+    The program every fine-tuning script runs: parse `ModelArguments`, `DataArguments`, the script's
+    `task_arguments` dataclass and `TrainingArguments`; load the model and processor; train and save with `Trainer`
+    (`--do_train`); evaluate on the main process (`--do_eval`) and log the metrics.
+
+    Args:
+        make_collator: `(processor, data_args, task_args) -> collator`.
+        evaluate: `(runner, records, task_args, output_dir) -> metrics or None`, records being the validation split.
+        prepare_train_dataset: `(dataset, task_args) -> dataset`, e.g. to flatten the original annotation format.
+    """
+    parser = HfArgumentParser((ModelArguments, DataArguments, task_arguments, TrainingArguments))
+    model_args, data_args, task_args, training_args = parser.parse_args_into_dataclasses()
+    training_args.remove_unused_columns = False  # the collators read the raw columns
+    model, processor = load_model_and_processor(model_class, model_args)
+    train_dataset = load_split(data_args, "train") if training_args.do_train else None
+    if train_dataset is not None and prepare_train_dataset is not None:
+        train_dataset = prepare_train_dataset(train_dataset, task_args)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        data_collator=make_collator(processor, data_args, task_args),
+        processing_class=processor,
+    )
+    if training_args.do_train:
+        model = train_and_save(trainer, processor, training_args)
+    if training_args.do_eval and trainer.is_world_process_zero():
+        runner = evaluation_runner(model, processor, data_args, training_args)
+        log_evaluation(trainer, evaluate(runner, evaluation_records(data_args), task_args, training_args.output_dir))
+
+
 __all__ = [
     "LORA_TARGET_MODULES",
     "DataArguments",
     "ModelArguments",
     "add_lora",
     "evaluation_records",
+    "fine_tune",
     "evaluation_runner",
     "freeze_vision_encoder",
     "load_model_and_processor",
