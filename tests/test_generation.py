@@ -7,6 +7,7 @@ import torch
 from transformers import GenerationMixin
 
 from mplug_hf import MPLUGForCaptioning, MPLUGForQuestionAnswering
+from mplug_hf.modeling_mplug import MPLUGAttention, MPLUGFusionEncoder
 from tests.conftest import tiny_config
 
 
@@ -79,29 +80,87 @@ def test_attention_implementations_equal_eager(tmp_path, inputs, attn_implementa
 
 @pytest.mark.parametrize("stride_layer", [2, 5])
 def test_fused_path_projects_each_image_once_for_many_questions(inputs, stride_layer):
-    """With image_indices the fused path projects the image K/V of the first co-attention run once per image; the
-    result equals fusing each question with its own copy of the image (with and without a connected layer)."""
+    """Eight questions about two images: projecting each image's K/V once is cheaper than folding the projections
+    into 8 questions' queries, so the first co-attention run projects 2 images; after a connected layer each
+    question has its own image tokens and folding wins. The result equals eager attention over tiled images."""
     torch.manual_seed(0)
     config = tiny_config(stride_layer=stride_layer)
     config._attn_implementation = "mplug_fused"
     model = MPLUGForQuestionAnswering(config).eval()
-    image_indices = torch.tensor([1, 0, 1])
-    input_ids = torch.tensor([[101, 7, 8], [101, 9, 0], [101, 10, 11]])
+    encoder = model.mplug.fusion_encoder
+    image_indices = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0])
+    input_ids = torch.tensor([[101, 7, 8], [101, 9, 0], [101, 10, 11], [101, 12, 13]] * 2)
     mask = (input_ids != 0).long()
-    projected_rows = []
-    model.mplug.fusion_encoder._project_image_keys_values = (
-        lambda run, states, original=model.mplug.fusion_encoder._project_image_keys_values: (
-            projected_rows.append(states.shape[0]) or original(run, states)
-        )
+    projected_rows, folded_layers = [], []
+    original_projection = encoder._project_image_keys_values
+    encoder._project_image_keys_values = lambda run, states, indices: (
+        projected_rows.append(states.shape[0]) or original_projection(run, states, indices)
     )
+    for index, layer in enumerate(encoder.layers):
+        if layer.cross_attn is not None:
+            layer.cross_attn.register_forward_hook(
+                lambda module, args, kwargs, output, index=index: (
+                    folded_layers.append(index) if kwargs["fold_projections"] else None
+                ),
+                with_kwargs=True,
+            )
     with torch.no_grad():
         images = model.mplug.get_image_features(inputs["pixel_values"])
         texts = model.mplug.get_text_features(input_ids, mask)
         shared = model.mplug.fuse(images, texts, mask, image_indices=image_indices)
+        model.config._attn_implementation = "eager"
         tiled = model.mplug.fuse(images.index_select(0, image_indices), texts, mask)
-    assert projected_rows[0] == 2
+    assert projected_rows == [2]
+    assert folded_layers == ([3] if stride_layer == 2 else [])
     torch.testing.assert_close(shared.last_hidden_state, tiled.last_hidden_state, atol=1e-5, rtol=1e-5)
     assert shared.encoder_attention_mask.tolist() == tiled.encoder_attention_mask.tolist()
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa", "mplug_fused"])
+def test_folded_cross_attention_equals_projected_cross_attention(attn_implementation):
+    """Folding the key/value projections into the queries is exact, padded memory tokens included."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    torch.manual_seed(0)
+    config = tiny_config().text_config
+    config._attn_implementation = attn_implementation
+    attention = MPLUGAttention(config, dropout=0.0, is_cross_attention=True).eval()
+    for proj in (attention.k_proj, attention.v_proj):
+        torch.nn.init.normal_(proj.bias)  # non-zero biases: the fold drops the key bias and moves the value bias
+    queries, memory = torch.randn(3, 4, 32), torch.randn(3, 9, 32)
+    memory_padding = torch.ones(3, 9, dtype=torch.long)
+    memory_padding[1, 6:] = 0
+    mask = create_bidirectional_mask(
+        config=config, inputs_embeds=queries, attention_mask=memory_padding, encoder_hidden_states=memory
+    )
+    outputs, gradients = {}, {}
+    for fold in (False, True):
+        attention.zero_grad()
+        outputs[fold], _ = attention(queries, mask, key_value_states=memory, fold_projections=fold)
+        outputs[fold].square().sum().backward()
+        gradients[fold] = {
+            name: torch.zeros_like(parameter) if parameter.grad is None else parameter.grad.clone()
+            for name, parameter in attention.named_parameters()
+        }
+    with torch.no_grad():
+        truncated, _ = attention(queries[1:2], None, key_value_states=memory[1:2, :6])
+    torch.testing.assert_close(outputs[True], outputs[False], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outputs[True][1:2], truncated, atol=1e-5, rtol=1e-5)
+    # trainable through the fold: the same gradients (the key bias gets none either way, softmax ignores it)
+    for name in gradients[False]:
+        torch.testing.assert_close(gradients[True][name], gradients[False][name], atol=1e-4, rtol=1e-4)
+
+
+def test_fused_path_folds_only_when_cheaper_and_never_with_attention_dropout():
+    encoder = MPLUGFusionEncoder(tiny_config()).eval()  # width 32, 4 heads
+    # B·L·((H−1)·N + D) against I·N·D, with N = 17 image tokens
+    assert encoder._folding_is_cheaper(num_texts=2, text_length=6, num_images=2, num_image_tokens=17)
+    assert not encoder._folding_is_cheaper(num_texts=2, text_length=7, num_images=2, num_image_tokens=17)
+    assert not encoder._folding_is_cheaper(num_texts=8, text_length=3, num_images=2, num_image_tokens=17)
+    dropout_encoder = MPLUGFusionEncoder(tiny_config(text_config=dict(hidden_size=32, num_attention_heads=4)))
+    assert dropout_encoder.config.attention_probs_dropout_prob > 0
+    assert dropout_encoder.train()._folding_is_cheaper(1, 1, 1, 17) is False
+    assert dropout_encoder.eval()._folding_is_cheaper(1, 1, 1, 17)
 
 
 @pytest.mark.slow

@@ -76,8 +76,9 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
-# `attn_implementation="mplug_fused"`: sdpa kernels everywhere, and the fusion encoder projects the image keys/values of
-# every run of co-attention layers in one matmul, once per image (see MPLUGFusionEncoder).
+# `attn_implementation="mplug_fused"`: sdpa kernels everywhere, and the fusion encoder's co-attention layers either fold
+# their image key/value projections into the text queries or project the image keys/values of a whole run of layers in
+# one matmul, once per image, whichever costs fewer multiply-adds (see MPLUGFusionEncoder).
 FUSED_ATTENTION = "mplug_fused"
 AttentionInterface.register(FUSED_ATTENTION, sdpa_attention_forward)
 AttentionMaskInterface.register(FUSED_ATTENTION, sdpa_mask)
@@ -124,6 +125,7 @@ class MPLUGAttention(nn.Module):
         key_value_states: torch.Tensor | None = None,
         cache: Cache | None = None,
         key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+        fold_projections: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
@@ -133,9 +135,13 @@ class MPLUGAttention(nn.Module):
             key_value_states: `(batch, kv_len, hidden)` states attended to by cross-attention.
             cache: generation cache; an [`EncoderDecoderCache`] in the decoder.
             key_value: cross-attention keys and values already projected, `(batch, heads, kv_len, head_dim)` each.
+            fold_projections: cross-attend with the key/value projections folded into the queries (see
+                `_attend_with_folded_projections`); only without attention dropout.
         Returns:
             `(batch, q_len, hidden)` output projection and the attention probabilities (eager only).
         """
+        if fold_projections:
+            return self._attend_with_folded_projections(hidden_states, key_value_states, attention_mask, **kwargs)
         query = self._split_heads(self.q_proj(hidden_states))
         batch_size, query_length = hidden_states.shape[:2]
         if key_value is not None:
@@ -164,10 +170,7 @@ class MPLUGAttention(nn.Module):
             query = query.view(key.shape[0], group, *query.shape[1:]).transpose(1, 2)
             query = query.reshape(key.shape[0], self.num_heads, group * query_length, self.head_dim)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, attn_weights = attention_interface(
+        attn_output, attn_weights = self._attention_interface()(
             self,
             query,
             key,
@@ -180,6 +183,42 @@ class MPLUGAttention(nn.Module):
         # (memory_batch, group * q_len, heads, head_dim) rows are item-major, so this is the (batch, q_len, …) layout.
         attn_output = attn_output.reshape(batch_size, query_length, -1).contiguous()
         return self.o_proj(attn_output), attn_weights
+
+    def _attention_interface(self) -> Callable:
+        return ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+
+    def _attend_with_folded_projections(
+        self, hidden_states: torch.Tensor, memory: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs
+    ) -> tuple[torch.Tensor, None]:
+        """
+        Cross-attention to the *unprojected* memory, for few queries over many memory tokens. Per head h,
+        softmax(q_h·(W_k,h m + b_k,h)) = softmax((W_k,hᵀ q_h)·m), the key bias adding one constant to each query's
+        logits, and Σ p·(W_v,h m + b_v,h) = W_v,h (Σ p·m) + b_v,h, the probabilities summing to one (so no
+        attention dropout). All heads' folded queries then attend together as one head of width `hidden`:
+        O(q_len·heads·kv_len·hidden) multiply-adds instead of the O(kv_len·hidden²) of projecting the memory.
+
+        Args:
+            hidden_states: `(batch, q_len, hidden)` queries.
+            memory: `(batch, kv_len, hidden)` states attended to.
+            attention_mask: the cross-attention mask prepared for the active implementation (key padding), or None.
+        """
+        batch_size, query_length, hidden_size = hidden_states.shape
+        query = self._split_heads(self.q_proj(hidden_states))
+        key_weight = self.k_proj.weight.view(self.num_heads, self.head_dim, hidden_size)
+        value_weight = self.v_proj.weight.view(self.num_heads, self.head_dim, hidden_size)
+        # (batch, 1, heads * q_len, hidden): every head's queries mapped into the memory's space
+        folded_query = torch.einsum("bhqd,hdk->bhqk", query, key_weight).reshape(batch_size, 1, -1, hidden_size)
+        memory = memory.unsqueeze(1)
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, :, :1]  # it masks memory padding only: one row serves every query
+        context, _ = self._attention_interface()(
+            self, folded_query, memory, memory, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs
+        )
+        context = context.view(batch_size, self.num_heads, query_length, hidden_size)
+        attn_output = torch.einsum("bhqk,hdk->bqhd", context, value_weight) + self.v_proj.bias.view(
+            self.num_heads, self.head_dim
+        )
+        return self.o_proj(attn_output.reshape(batch_size, query_length, hidden_size)), None
 
 
 class MPLUGMLP(nn.Module):
@@ -353,6 +392,7 @@ class MPLUGTextLayer(GradientCheckpointingLayer):
         encoder_attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         cross_key_value: tuple[torch.Tensor, torch.Tensor] | None = None,
+        fold_cross_projections: bool = False,
         **kwargs,
     ) -> torch.Tensor:
         attn_output, _ = self.self_attn(hidden_states, attention_mask, cache=cache, **kwargs)
@@ -364,6 +404,7 @@ class MPLUGTextLayer(GradientCheckpointingLayer):
                 key_value_states=encoder_hidden_states,
                 cache=cache,
                 key_value=cross_key_value,
+                fold_projections=fold_cross_projections,
                 **kwargs,
             )
             hidden_states = self.cross_attn_layer_norm(hidden_states + self.dropout(attn_output))
@@ -465,8 +506,10 @@ class MPLUGFusionEncoder(nn.Module):
     co-attention layer: T attends to itself and to V, and V is left untouched.
 
     Because V is frozen between connected layers, the image keys/values of a run of co-attention layers depend on
-    the image only. With `attn_implementation="mplug_fused"` they are projected for the whole run in one matmul, and
-    before the first connected layer once per *image* even when several texts share it (`image_indices`).
+    the image only. With `attn_implementation="mplug_fused"` each run takes the cheaper of two exact shortcuts:
+    fold the key/value projections into the few text queries (see `MPLUGAttention._attend_with_folded_projections`),
+    or project the image keys/values of the whole run in one matmul, before the first connected layer once per
+    *image* even when several texts share it (`image_indices`).
     """
 
     def __init__(self, config: MPLUGConfig):
@@ -488,16 +531,34 @@ class MPLUGFusionEncoder(nn.Module):
                 self.co_attention_runs[run_start] = []
             self.co_attention_runs[run_start].append(index)
 
-    def _project_image_keys_values(self, run: list[int], image_states: torch.Tensor) -> dict[int, tuple]:
-        """The cross-attention (key, value) of every layer in `run` from one matmul over the image tokens."""
+    def _project_image_keys_values(
+        self, run: list[int], image_states: torch.Tensor, image_indices: torch.LongTensor | None
+    ) -> dict[int, tuple]:
+        """The cross-attention (key, value) of every layer in `run` from one matmul over the image tokens, each image
+        projected once and then gathered per text by `image_indices`."""
         attentions = [self.layers[index].cross_attn for index in run]
         weight = torch.cat([proj.weight for attn in attentions for proj in (attn.k_proj, attn.v_proj)])
         bias = torch.cat([proj.bias for attn in attentions for proj in (attn.k_proj, attn.v_proj)])
-        projected = F.linear(image_states, weight, bias).split(self.config.hidden_size, dim=-1)
+        projected = F.linear(image_states, weight, bias)
+        if image_indices is not None:
+            projected = projected.index_select(0, image_indices)
+        projected = projected.split(self.config.hidden_size, dim=-1)
         return {
             index: (attn._split_heads(projected[2 * i]), attn._split_heads(projected[2 * i + 1]))
             for i, (index, attn) in enumerate(zip(run, attentions))
         }
+
+    def _folding_is_cheaper(self, num_texts: int, text_length: int, num_images: int, num_image_tokens: int) -> bool:
+        """
+        Multiply-adds per co-attention layer (B texts of L tokens, I distinct images of N tokens, H heads, width D):
+        folding costs B·L·H·N·D·2 (logits and weighted sums per head) + B·L·D²·2 (folding queries and outputs);
+        projecting costs I·N·D²·2 (keys and values) + B·L·N·D·2 (attention). Fold when B·L·((H−1)·N + D) < I·N·D.
+        """
+        if self.training and self.config.attention_probs_dropout_prob > 0:
+            return False  # dropped probabilities no longer sum to one, which folding the value bias relies on
+        hidden_size, num_heads = self.config.hidden_size, self.config.num_attention_heads
+        folded_cost = num_texts * text_length * ((num_heads - 1) * num_image_tokens + hidden_size)
+        return folded_cost < num_images * num_image_tokens * hidden_size
 
     def forward(
         self,
@@ -519,14 +580,7 @@ class MPLUGFusionEncoder(nn.Module):
             `(image_states, text_states)` after fusion, both with `batch` rows.
         """
         fused = self.config._attn_implementation == FUSED_ATTENTION
-        precomputed = {}
-        if fused and self.layers and not self.connected[0]:
-            precomputed = self._project_image_keys_values(self.co_attention_runs[0], image_states)
-            if image_indices is not None:
-                precomputed = {
-                    index: tuple(t.index_select(0, image_indices) for t in key_value)
-                    for index, key_value in precomputed.items()
-                }
+        distinct_images = image_states
         if image_indices is not None:
             image_states = image_states.index_select(0, image_indices)
             image_attention_mask = image_attention_mask.index_select(0, image_indices)
@@ -547,21 +601,30 @@ class MPLUGFusionEncoder(nn.Module):
                 inputs_embeds=torch.cat([image_states, text_states], dim=1),
                 attention_mask=torch.cat([image_attention_mask, text_attention_mask], dim=1),
             )
+        num_texts, text_length = text_states.shape[:2]
         num_image_tokens = image_states.shape[1]
+        precomputed, folded = {}, set()
         for index, (layer, connected) in enumerate(zip(self.layers, self.connected)):
             if connected:
                 joint = layer(torch.cat([image_states, text_states], dim=1), joint_mask, **kwargs)
                 image_states = image_states + joint[:, :num_image_tokens]
                 text_states = joint[:, num_image_tokens:]
                 continue
-            if fused and index not in precomputed:
-                precomputed.update(self._project_image_keys_values(self.co_attention_runs[index], image_states))
+            if fused and index in self.co_attention_runs:
+                # before the first connected layer the texts still share their images' tokens
+                source, indices = (distinct_images, image_indices) if index == 0 else (image_states, None)
+                run = self.co_attention_runs[index]
+                if self._folding_is_cheaper(num_texts, text_length, source.shape[0], num_image_tokens):
+                    folded.update(run)
+                else:
+                    precomputed.update(self._project_image_keys_values(run, source, indices))
             text_states = layer(
                 text_states,
                 text_mask,
                 image_states,
                 encoder_attention_mask=cross_mask,
                 cross_key_value=precomputed.pop(index, None),
+                fold_cross_projections=index in folded,
                 **kwargs,
             )
         return image_states, text_states
