@@ -38,6 +38,7 @@ class BenchmarkSettings:
     train_batch_size: int = 8
     judge_images: int = 8
     questions_per_image: int = 8
+    peak_tflops: float | None = None
     seed: int = 0
 
 

@@ -2,6 +2,7 @@
 
     python -m benchmarks.run_benchmarks                       # everything, base size at 384 px, CPU (GPU if present)
     python -m benchmarks.run_benchmarks --quick --image-size 224 --batch-size 2 --only captioning fusion
+    python -m benchmarks.run_benchmarks --dtype bfloat16 --only vision captioning   # on a GPU: MFU, tokens/s
 
 Every benchmark times its sides in interleaved rounds after a warm-up and reports the median; see benchmarks/README.md.
 """
@@ -21,6 +22,7 @@ from .generation import caption_generation, vqa_generation
 from .judging import judging
 from .ranking import rank_answers
 from .training import training_step
+from .vision import vision_encoder
 
 
 BENCHMARKS = {
@@ -31,6 +33,7 @@ BENCHMARKS = {
     "blip": blip_comparison,
     "training": training_step,
     "judging": judging,
+    "vision": vision_encoder,
 }
 
 
@@ -54,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-batch-size", type=int, help="default: --batch-size")
     parser.add_argument("--judge-images", type=int, default=8)
     parser.add_argument("--questions-per-image", type=int, default=8)
+    parser.add_argument(
+        "--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: data sheet of known GPUs)"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -74,6 +80,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
         train_batch_size=args.train_batch_size or args.batch_size,
         judge_images=args.judge_images,
         questions_per_image=args.questions_per_image,
+        peak_tflops=args.peak_tflops,
         seed=args.seed,
     )
 

@@ -101,3 +101,35 @@ def test_tiled_rank_answers_equals_rank_answers(inputs):
     )
     assert tiled_ids.tolist() == topk_ids.tolist()
     torch.testing.assert_close(tiled_probs, topk_probs, atol=1e-5, rtol=1e-5)
+
+
+def test_vision_benchmark_counts_the_encoder_flops_and_reports_mfu():
+    from benchmarks.vision import vision_encoder
+
+    config = bench_config()
+    settings = BenchmarkSettings(batch_size=2, repeats=1, peak_tflops=0.5)
+    [result] = vision_encoder(config, settings)
+    assert [row.method for row in result.rows] == ["eager", "sdpa"]
+    vision = config.vision_config
+    tokens, width = config.num_image_tokens, vision.hidden_size
+    per_layer = 2 * tokens * (4 * width**2 + 2 * width * vision.intermediate_size) + 4 * tokens**2 * width
+    patches = 2 * (tokens - 1) * vision.num_channels * vision.patch_size**2 * width
+    projection = 2 * tokens * width * config.text_config.hidden_size
+    expected = settings.batch_size * (vision.num_hidden_layers * per_layer + patches + projection)
+    assert f"{expected / settings.batch_size / 1e9:.1f} GFLOP per image" in result.notes[0]
+    achieved = expected / result.rows[1].measurement.median / 1e12
+    assert f"sdpa {achieved / 0.5:.1%}" in result.notes[1]
+
+
+def test_peak_tflops_of_known_gpus(monkeypatch):
+    from benchmarks import vision
+
+    settings = BenchmarkSettings(device=torch.device("cuda"), dtype=torch.bfloat16)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H100 PCIe")
+    assert vision.peak_tflops(settings) == 756.0
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H200")
+    assert vision.peak_tflops(settings) == 989.4
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Some new GPU")
+    assert vision.peak_tflops(settings) is None
+    assert vision.peak_tflops(BenchmarkSettings(peak_tflops=2.0)) == 2.0
+    assert vision.peak_tflops(BenchmarkSettings()) is None

@@ -1,0 +1,85 @@
+"""Benchmark 7: the visual encoder (CLIP ViT + projection to the text width) under each attention kernel, with its
+achieved FLOP/s and model FLOPs utilisation (MFU) against the device's peak."""
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+from mplug_hf import MPLUGConfig, MPLUGModel
+
+from .common import BenchmarkResult, BenchmarkSettings, Side, build_model, make_result, measure, random_images
+
+
+# Dense peak TFLOP/s from the vendors' data sheets (tensor cores for bf16, no sparsity; plain fp32 for float32).
+PEAK_TFLOPS = {
+    ("H100 PCIe", torch.bfloat16): 756.0,
+    ("H100", torch.bfloat16): 989.4,
+    ("H200", torch.bfloat16): 989.4,
+    ("A100", torch.bfloat16): 312.0,
+    ("H100 PCIe", torch.float32): 51.2,
+    ("H100", torch.float32): 66.9,
+    ("H200", torch.float32): 66.9,
+    ("A100", torch.float32): 19.5,
+}
+
+
+def peak_tflops(settings: BenchmarkSettings) -> float | None:
+    """`settings.peak_tflops` when given, else the data-sheet peak of a known GPU (the most specific name first)."""
+    if settings.peak_tflops:
+        return settings.peak_tflops
+    if settings.device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(settings.device)
+    for (model, dtype), tflops in sorted(PEAK_TFLOPS.items(), key=lambda item: -len(item[0][0])):
+        if model in name and dtype == settings.dtype:
+            return tflops
+    return None
+
+
+def attention_kernels(settings: BenchmarkSettings) -> list[str]:
+    """eager and sdpa everywhere; the flash kernels where installed (CUDA, half precision)."""
+    kernels = ["eager", "sdpa"]
+    if settings.device.type == "cuda" and settings.dtype != torch.float32:
+        kernels += [name for name, available in (("flash_attention_2", is_flash_attn_2_available()),
+                                                 ("flash_attention_3", is_flash_attn_3_available())) if available]  # fmt: skip
+    return kernels
+
+
+def vision_encoder(config: MPLUGConfig, settings: BenchmarkSettings) -> list[BenchmarkResult]:
+    """The same images encoded by one model whose kernel is switched before each call; FLOPs counted by torch's
+    `FlopCounterMode` on one sdpa call (matmuls, convolution and attention; the same work for every kernel)."""
+    model = build_model(MPLUGModel, config, settings)
+    pixel_values = random_images(settings.batch_size, config, settings)
+    kernels = attention_kernels(settings)
+
+    @torch.no_grad()
+    def encode(kernel: str) -> torch.Tensor:
+        for sub_config in (model.config, model.config.vision_config):
+            sub_config._attn_implementation = kernel
+        return model.get_image_features(pixel_values)
+
+    with FlopCounterMode(display=False) as counter:
+        encode("sdpa")
+    flops = counter.get_total_flops()
+    measurements = measure({kernel: Side(run=lambda kernel=kernel: encode(kernel)) for kernel in kernels}, settings)
+    peak = peak_tflops(settings)
+    achieved = {kernel: flops / measurement.median / 1e12 for kernel, measurement in measurements.items()}
+    notes = [
+        f"{flops / settings.batch_size / 1e9:.1f} GFLOP per image ({config.vision_config.num_hidden_layers} layers, "
+        f"{config.num_image_tokens} tokens); achieved TFLOP/s: "
+        + ", ".join(f"{kernel} {value:.3g}" for kernel, value in achieved.items()),
+        "MFU: "
+        + (
+            ", ".join(f"{kernel} {value / peak:.1%}" for kernel, value in achieved.items())
+            + f" of {peak:g} TFLOP/s peak"
+            if peak
+            else "n/a (unknown peak: pass --peak-tflops)"
+        ),
+        "max |features - eager features|: "
+        + ", ".join(
+            f"{kernel} {(measurements[kernel].output.float() - measurements['eager'].output.float()).abs().max():.1e}"
+            for kernel in kernels[1:]
+        ),
+    ]
+    title = f"vision encoder, batch {settings.batch_size}"
+    return [make_result(title, measurements, "eager", settings.batch_size, notes=notes)]
