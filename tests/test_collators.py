@@ -263,6 +263,50 @@ def test_vqa_collator_errors_name_the_problem(processor):
         )
 
 
+def test_vqa_collator_groups_questions_by_image_and_trains_like_one_question_per_example(processor):
+    """An image asked several questions is encoded once; the loss and its gradients equal the one-question batch."""
+    images = [random_image(0), random_image(1)]
+    grouped = [
+        {"image": images[0], "question": ["what is it?", "is it red?"], "answer": [["cat", "cat", "dog"], "no"]},
+        {"image": images[1], "question": ["how many?"], "answer": ["2"], "answer_weights": [[0.5]]},
+    ]
+    flat = [
+        {"image": images[0], "question": "what is it?", "answer": ["cat", "cat", "dog"]},
+        {"image": images[0], "question": "is it red?", "answer": "no"},
+        {"image": images[1], "question": "how many?", "answer": ["2"], "answer_weights": [0.5]},
+    ]
+    collator = MPLUGVQADataCollator(processor)
+    grouped_batch, flat_batch = collator(grouped), collator(flat)
+    assert grouped_batch["pixel_values"].shape[0] == 2 and grouped_batch["image_indices"].tolist() == [0, 0, 1]
+    for key in ("input_ids", "attention_mask", "labels", "answer_counts", "answer_weights"):
+        assert torch.equal(grouped_batch[key], flat_batch[key]), key
+    torch.manual_seed(0)
+    model = MPLUGForQuestionAnswering(bert_vocab_config())
+    losses, gradients = [], []
+    for batch in (grouped_batch, flat_batch):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        losses.append(loss.detach())
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-4, atol=1e-6)
+    inference = collator([{"image": images[0], "question": ["a?", "b?"]}])
+    assert set(inference) == {"pixel_values", "input_ids", "attention_mask", "image_indices"}
+
+
+def test_vqa_collator_grouped_errors_name_the_problem(processor):
+    collator = MPLUGVQADataCollator(processor)
+    with pytest.raises(ValueError, match="for some examples but not all"):
+        collator([{"image": random_image(), "question": ["a?"]}, {"image": random_image(), "question": "b?"}])
+    with pytest.raises(ValueError, match="one entry per question"):
+        collator([{"image": random_image(), "question": ["a?", "b?"], "answer": ["x"]}])
+    with pytest.raises(ValueError, match="one entry per question"):
+        collator([{"image": random_image(), "question": ["a?"], "answer": "x"}])
+    with pytest.raises(ValueError, match="empty list of questions"):
+        collator([{"image": random_image(), "question": [], "answer": []}])
+
+
 def test_collator_augmentation_follows_the_torch_seed(processor, tmp_path):
     path = tmp_path / "image.png"
     random_image(7).save(path)

@@ -6,6 +6,7 @@ import torch
 from mplug_hf import MPLUGForQuestionAnswering
 from tests.conftest import tiny_config
 
+
 YES, NO = 40, 41
 
 

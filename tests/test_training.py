@@ -20,9 +20,11 @@ from mplug_hf.data_collators import MPLUGVQADataCollator
 from mplug_hf.training import (
     CheckpointCompletionCallback,
     ModelArguments,
+    MPLUGTrainer,
     add_lora,
     freeze_vision_encoder,
     last_complete_checkpoint,
+    lies_under,
     prepare_model,
     resolve_checkpoint,
 )
@@ -107,16 +109,20 @@ def test_run_vqa_trains_saves_and_evaluates(tmp_path, data_dir, monkeypatch):
     answers = write_json(tmp_path / "answers.json", list(COLORS))
     output = tmp_path / "out"
     arguments = common_arguments(model_dir, output, data_dir, data, data) + ["--answer_list", str(answers)]
-    run_script("run_vqa", arguments + ["--gradient_checkpointing", "--k_test", "2"], monkeypatch)
+    # --vision_learning_rate 0: the original's second learning rate, here one that leaves the ViT as it was
+    extra = ["--gradient_checkpointing", "--k_test", "2", "--vision_learning_rate", "0"]
+    run_script("run_vqa", arguments + extra, monkeypatch)
     metrics = json.loads((output / "eval_results.json").read_text())
     assert 0 <= metrics["eval_accuracy"] <= 100
     predictions = json.loads((output / "vqa_result.json").read_text())
     assert len(predictions) == 6 and all(p["answer"] in COLORS for p in predictions)
-    reloaded = MPLUGForQuestionAnswering.from_pretrained(output)
-    assert not torch.equal(
-        reloaded.text_decoder.lm_head.dense.weight,
-        MPLUGForQuestionAnswering.from_pretrained(model_dir).text_decoder.lm_head.dense.weight,
+    reloaded, base = (
+        MPLUGForQuestionAnswering.from_pretrained(output),
+        MPLUGForQuestionAnswering.from_pretrained(model_dir),
     )
+    assert not torch.equal(reloaded.text_decoder.lm_head.dense.weight, base.text_decoder.lm_head.dense.weight)
+    for name, weight in base.mplug.vision_model.state_dict().items():
+        assert torch.equal(reloaded.mplug.vision_model.state_dict()[name], weight), name
 
 
 def test_run_vqa_with_lora_saves_a_merged_model(tmp_path, data_dir, monkeypatch):
@@ -272,6 +278,41 @@ class StopAfter(TrainerCallback):
         if state.global_step == self.step:
             control.should_training_stop = True
             control.should_save = True
+
+
+def test_mplug_trainer_gives_named_modules_their_own_learning_rate(tmp_path, data_dir):
+    processor = MPLUGProcessor(MPLUGImageProcessor(image_size=32))
+    torch.manual_seed(0)
+    model = MPLUGForQuestionAnswering(bert_vocab_config())
+    initial = {name: weight.clone() for name, weight in model.state_dict().items()}
+    scales = {"mplug.vision_model": 0.0, "mplug.text_encoder": 0.5}
+    trainer = MPLUGTrainer(
+        model=model,
+        args=training_arguments(tmp_path, max_steps=2, weight_decay=0.1, learning_rate=1e-3),
+        train_dataset=fixed_vqa_batch(data_dir, processor),
+        data_collator=MPLUGVQADataCollator(processor),
+        learning_rate_scales=scales,
+    )
+    optimizer = trainer.create_optimizer()
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+    decayed = set(trainer.get_decay_parameter_names(model))
+    for name, parameter in model.named_parameters():
+        group = group_of[id(parameter)]
+        expected = 0.0 if name.startswith("mplug.vision_model.") else 5e-4 if "text_encoder" in name else 1e-3
+        assert group["lr"] == pytest.approx(expected), name
+        assert group["weight_decay"] == (0.1 if name in decayed else 0.0), name  # Trainer's weight-decay groups
+    trainer.train()
+    changed = {name for name, weight in model.state_dict().items() if not torch.equal(weight, initial[name])}
+    assert not any(name.startswith("mplug.vision_model.") for name in changed)
+    assert any(name.startswith("mplug.text_encoder.") for name in changed)
+    assert any(name.startswith("text_decoder.") for name in changed)
+    # PEFT prefixes the names; matching is on whole components
+    assert lies_under("base_model.model.mplug.text_encoder.layers.0.mlp.fc1.weight", "mplug.text_encoder")
+    assert not lies_under("mplug.text_encoder_old.weight", "mplug.text_encoder")
+    with pytest.raises(ValueError, match="does not have"):
+        MPLUGTrainer(
+            model=model, args=training_arguments(tmp_path), learning_rate_scales={"vision": 0.1}
+        ).create_optimizer()
 
 
 def test_resume_from_checkpoint_reproduces_an_uninterrupted_run(tmp_path, data_dir):

@@ -103,6 +103,11 @@ class MPLUGVQADataCollator(MPLUGDataCollatorMixin):
     (`(num_answers, length)`, `[CLS] answer [SEP]`), `decoder_attention_mask`, `answer_counts`, `answer_weights` —
     the inputs of [`MPLUGForQuestionAnswering.forward`].
 
+    Several questions about one image: an example whose `question` is a list holds all the questions about its image,
+    with `answer` (and `answer_weights`) lists of the same length, one entry per question. The image is then encoded
+    once for all its questions: the batch adds `image_indices` (`(num_questions,)`, the image of each question), and
+    `Trainer`'s batch size counts images.
+
     Args:
         max_question_length (`int`): question tokens (25 in the original VQA fine-tuning).
         max_answer_length (`int`, *optional*): answer tokens; `None` keeps answers whole.
@@ -116,11 +121,23 @@ class MPLUGVQADataCollator(MPLUGDataCollatorMixin):
 
     def __call__(self, examples: Sequence[dict]) -> BatchFeature:
         rng = self._generator() if self.augmentation is not None else None
-        batch = self.processor(
-            images=self.load_images(examples, rng),
-            text=_require(examples, self.question_key),
-            max_length=self.max_question_length,
-        )
+        questions = _require(examples, self.question_key)
+        grouped = [not isinstance(question, str) for question in questions]
+        images = self.load_images(examples, rng)
+        if any(grouped):
+            if not all(grouped):
+                raise ValueError(f"{self.question_key!r} is a list of questions for some examples but not all")
+            per_question = self._one_example_per_question(examples, questions)
+            batch = self.processor(images=images)
+            batch.update(
+                self.processor.encode_text(
+                    [question for group in questions for question in group], max_length=self.max_question_length
+                )
+            )
+            batch["image_indices"] = torch.tensor([index for index, group in enumerate(questions) for _ in group])
+            examples = per_question
+        else:
+            batch = self.processor(images=images, text=questions, max_length=self.max_question_length)
         if not _has_all(examples, self.answer_key):
             return batch
         all_answers, all_weights, counts = [], [], []
@@ -141,6 +158,24 @@ class MPLUGVQADataCollator(MPLUGDataCollatorMixin):
         batch["answer_counts"] = torch.tensor(counts)
         batch["answer_weights"] = torch.tensor(all_weights)
         return batch
+
+    def _one_example_per_question(self, examples: Sequence[dict], questions: list[list[str]]) -> list[dict]:
+        """Split image-grouped examples into one `{answer, answer_weights}` dict per question, checking the lengths."""
+        per_question = []
+        for index, (example, group) in enumerate(zip(examples, questions)):
+            if not group:
+                raise ValueError(f"example {index} has an empty list of questions")
+            columns = {}
+            for key in (self.answer_key, self.weights_key):
+                values = example.get(key)
+                if values is not None and (isinstance(values, str) or len(values) != len(group)):
+                    raise ValueError(
+                        f"example {index} has {len(group)} questions, so {key!r} must be a list with one entry per "
+                        f"question, got {values!r}"
+                    )
+                columns[key] = [None] * len(group) if values is None else list(values)
+            per_question += [dict(zip(columns, entries)) for entries in zip(*columns.values())]
+        return per_question
 
 
 @dataclass

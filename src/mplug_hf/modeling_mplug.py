@@ -1295,6 +1295,7 @@ class MPLUGForQuestionAnswering(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Gen
         cache: Cache | None = None,
         use_cache: bool | None = None,
         interpolate_pos_encoding: bool = False,
+        image_indices: torch.LongTensor | None = None,
         **kwargs,
     ) -> MPLUGSeq2SeqOutput:
         """
@@ -1303,8 +1304,14 @@ class MPLUGForQuestionAnswering(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Gen
             decoder_input_ids: `(num_answers, a_len)` answer prefix; defaults to `labels`.
             labels: `(num_answers, a_len)` `[CLS] answer [SEP]` with -100 padding.
             answer_counts: `(batch,)` answers per question (sum = num_answers). answer_weights: `(num_answers,)`.
+            image_indices: `(batch,)` the image of each question when several questions share an image: then
+                `pixel_values` holds `(num_images, 3, S, S)`, each image encoded once.
         """
-        if encoder_outputs is None:
+        if encoder_outputs is None and image_indices is not None:
+            encoder_outputs = self._encode_questions(
+                input_ids, attention_mask, pixel_values, image_indices, interpolate_pos_encoding
+            )
+        elif encoder_outputs is None:
             encoder_outputs = self.mplug(
                 input_ids=input_ids,
                 pixel_values=pixel_values,
@@ -1438,6 +1445,7 @@ class MPLUGForQuestionAnswering(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Gen
         attention_mask: torch.Tensor | None,
         pixel_values: torch.Tensor,
         image_indices: torch.LongTensor | None,
+        interpolate_pos_encoding: bool = False,
     ) -> MPLUGModelOutput:
         """Encode each image once and fuse it with every question asking about it (`image_indices[q]` = its image)."""
         if image_indices is None:
@@ -1454,8 +1462,8 @@ class MPLUGForQuestionAnswering(MPLUGDecoderHeadMixin, MPLUGPreTrainedModel, Gen
                 pixel_values
             ):
                 raise ValueError(f"image_indices must lie in [0, {len(pixel_values) - 1}] (one per image)")
-        validate_pixel_values(pixel_values, self.config.vision_config, False)
-        image_embeds = self.mplug.get_image_features(pixel_values)
+        validate_pixel_values(pixel_values, self.config.vision_config, interpolate_pos_encoding)
+        image_embeds = self.mplug.get_image_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         text_embeds = self.mplug.get_text_features(input_ids, attention_mask)
         return self.mplug.fuse(image_embeds, text_embeds, attention_mask, image_indices=image_indices)
 

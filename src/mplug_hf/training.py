@@ -1,6 +1,6 @@
 """
 What the fine-tuning scripts in `examples/` share: argument dataclasses, reading datasets in the original formats,
-loading the model and processor, LoRA / frozen-vision setup, and the train → save loop with checkpoint resumption.
+loading the model and processor, LoRA / frozen-vision setup, a learning rate per module, and the train → save loop with checkpoint resumption.
 
 The scripts are plain `Trainer` programs, so the same command runs on one CPU, under `torchrun --nproc_per_node N`
 or `accelerate launch` (DDP), and with `--deepspeed ds_config.json` or `--fsdp "full_shard auto_wrap"`
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import torch
 from transformers import (
     AutoProcessor,
     HfArgumentParser,
@@ -45,6 +46,13 @@ class ModelArguments:
     lora_target_modules: str = field(
         default=LORA_TARGET_MODULES,
         metadata={"help": "Comma-separated module names wrapped by LoRA: q_proj, k_proj, v_proj, o_proj, fc1, fc2."},
+    )
+    vision_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the visual encoder (the original's lr2 with --do_two_optim); default: "
+            "--learning_rate."
+        },
     )
 
 
@@ -136,6 +144,56 @@ def prepare_model(model: PreTrainedModel, model_args: ModelArguments):
     if model_args.lora:
         model = add_lora(model, model_args)
     return model
+
+
+def lies_under(parameter_name: str, module_path: str) -> bool:
+    """Whether `parameter_name` belongs to the module at `module_path`, matched on whole dotted components (so
+    `"mplug.text_encoder"` also finds the parameters of a PEFT-wrapped model)."""
+    return f".{module_path.strip('.')}." in f".{parameter_name}."
+
+
+def module_learning_rate_scale(parameter_name: str, learning_rate_scales: dict[str, float]) -> float:
+    """The factor of the base learning rate for `parameter_name`: that of the first module path in
+    `learning_rate_scales` it lies under, 1 for the others."""
+    return next((scale for path, scale in learning_rate_scales.items() if lies_under(parameter_name, path)), 1.0)
+
+
+class MPLUGTrainer(Trainer):
+    """
+    `Trainer` with a learning rate per module, as the original trains with two (`--do_two_optim`: lr1, and lr2 for
+    the visual encoder). `learning_rate_scales` maps module paths (`"mplug.vision_model"`, `"mplug.text_encoder"`)
+    to a factor of `args.learning_rate`; Trainer's optimizer class, weight-decay groups and scheduler are kept (the
+    scheduler scales every group's rate alike).
+    """
+
+    def __init__(self, *args, learning_rate_scales: dict[str, float] | None = None, **kwargs):
+        self.learning_rate_scales = dict(learning_rate_scales or {})
+        if any(scale < 0 for scale in self.learning_rate_scales.values()):
+            raise ValueError(f"learning-rate scales must be >= 0, got {self.learning_rate_scales}")
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        if self.optimizer is not None or not self.learning_rate_scales:
+            return super().create_optimizer(model)
+        optimizer = super().create_optimizer(model)
+        names = {id(parameter): name for name, parameter in (model or self.model).named_parameters()}
+        unmatched = [
+            path for path in self.learning_rate_scales if not any(lies_under(n, path) for n in names.values())
+        ]
+        if unmatched:
+            raise ValueError(f"learning_rate_scales name modules the model does not have: {unmatched}")
+        groups = []
+        for group in optimizer.param_groups:
+            by_scale: dict[float, list] = {}
+            for parameter in group["params"]:
+                scale = module_learning_rate_scale(names[id(parameter)], self.learning_rate_scales)
+                by_scale.setdefault(scale, []).append(parameter)
+            groups += [{**group, "params": params, "lr": group["lr"] * scale} for scale, params in by_scale.items()]
+        # regroup the fresh optimizer (no state yet) in place, keeping its class and settings
+        optimizer.param_groups.clear()
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
 
 
 CHECKPOINT_COMPLETE = "checkpoint_complete"
@@ -249,12 +307,16 @@ def fine_tune(
     train_dataset = load_split(data_args, "train") if training_args.do_train else None
     if train_dataset is not None and prepare_train_dataset is not None:
         train_dataset = prepare_train_dataset(train_dataset, task_args)
-    trainer = Trainer(
+    scales = {}
+    if model_args.vision_learning_rate is not None:
+        scales["mplug.vision_model"] = model_args.vision_learning_rate / training_args.learning_rate
+    trainer = MPLUGTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         data_collator=make_collator(processor, data_args, task_args),
         processing_class=processor,
+        learning_rate_scales=scales,
     )
     if training_args.do_train:
         model = train_and_save(trainer, processor, training_args)
@@ -266,6 +328,7 @@ def fine_tune(
 __all__ = [
     "LORA_TARGET_MODULES",
     "DataArguments",
+    "MPLUGTrainer",
     "ModelArguments",
     "add_lora",
     "evaluation_records",
@@ -273,10 +336,12 @@ __all__ = [
     "evaluation_runner",
     "freeze_vision_encoder",
     "load_model_and_processor",
+    "lies_under",
     "load_split",
     "prepare_model",
     "read_examples",
     "log_evaluation",
+    "module_learning_rate_scale",
     "resolve_checkpoint",
     "train_and_save",
 ]
