@@ -409,7 +409,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
 @pytest.mark.slow
 def test_easy_vqa_short_run_learns_well_above_the_majority_baseline(tmp_path):
     results = load_script("demo").main(
-        ["--output-dir", str(tmp_path), "--max-steps", "300", "--subset", "9600", "--test-subset", "1000"]
+        ["--output-dir", str(tmp_path), "--max-steps", "300", "--train-images", "1200", "--test-subset", "1000"]
     )
     assert results["accuracy"] > results["baseline"] + 0.25
     assert (tmp_path / "examples.png").is_file() and (tmp_path / "model.safetensors").is_file()
