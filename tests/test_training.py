@@ -415,6 +415,25 @@ def test_easy_vqa_short_run_learns_well_above_the_majority_baseline(tmp_path):
     assert (tmp_path / "examples.png").is_file() and (tmp_path / "model.safetensors").is_file()
 
 
+def test_easy_vqa_vocabulary_keeps_bert_special_ids_and_covers_the_test_split(tmp_path):
+    """The demo's own vocabulary: mPLUG's special-token ids unchanged, no test question or answer hits [UNK]."""
+    from easy_vqa import get_test_questions
+
+    demo = load_script("demo")
+    tokenizer = demo.easy_vqa_tokenizer(str(tmp_path))
+    bert = MPLUGProcessor().tokenizer
+    for token in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"):
+        assert tokenizer.convert_tokens_to_ids(token) == bert.convert_tokens_to_ids(token), token
+    assert len(tokenizer) < 200
+    questions, answers, _ = get_test_questions()
+    ids = tokenizer(sorted(set(questions + answers)))["input_ids"]
+    assert not any(tokenizer.unk_token_id in row for row in ids)
+    processor = MPLUGProcessor(MPLUGImageProcessor(image_size=64), tokenizer=tokenizer)
+    assert processor.tokenizer.decode(processor.encode_text("is there a teal circle?")["input_ids"][0]).startswith(
+        "[CLS] is there a teal circle?"
+    )
+
+
 def test_heads_normalise_their_own_loss_for_trainer():
     """Trainer must divide by gradient-accumulation steps, not rescale by num_items_in_batch."""
     from mplug_hf import MPLUGForCaptioning, MPLUGForGrounding, MPLUGForRetrieval
