@@ -7,7 +7,7 @@ import torch
 from transformers import GenerationMixin
 
 from mplug_hf import MPLUGForCaptioning, MPLUGForQuestionAnswering
-from mplug_hf.modeling_mplug import MPLUGAttention, MPLUGFusionEncoder
+from mplug_hf.modeling_mplug import MPLUGAttention, cross_attention_folding_is_cheaper
 from tests.conftest import tiny_config
 
 
@@ -152,15 +152,47 @@ def test_folded_cross_attention_equals_projected_cross_attention(attn_implementa
 
 
 def test_fused_path_folds_only_when_cheaper_and_never_with_attention_dropout():
-    encoder = MPLUGFusionEncoder(tiny_config()).eval()  # width 32, 4 heads
+    config = tiny_config().text_config  # width 32, 4 heads
     # B·L·((H−1)·N + D) against I·N·D, with N = 17 image tokens
-    assert encoder._folding_is_cheaper(num_texts=2, text_length=6, num_images=2, num_image_tokens=17)
-    assert not encoder._folding_is_cheaper(num_texts=2, text_length=7, num_images=2, num_image_tokens=17)
-    assert not encoder._folding_is_cheaper(num_texts=8, text_length=3, num_images=2, num_image_tokens=17)
-    dropout_encoder = MPLUGFusionEncoder(tiny_config(text_config=dict(hidden_size=32, num_attention_heads=4)))
-    assert dropout_encoder.config.attention_probs_dropout_prob > 0
-    assert dropout_encoder.train()._folding_is_cheaper(1, 1, 1, 17) is False
-    assert dropout_encoder.eval()._folding_is_cheaper(1, 1, 1, 17)
+    assert cross_attention_folding_is_cheaper(config, False, 2, 6, 2, 17)
+    assert not cross_attention_folding_is_cheaper(config, False, 2, 7, 2, 17)
+    assert not cross_attention_folding_is_cheaper(config, False, 8, 3, 2, 17)
+    dropout_config = tiny_config(text_config=dict(hidden_size=32, num_attention_heads=4)).text_config
+    assert dropout_config.attention_probs_dropout_prob > 0
+    assert cross_attention_folding_is_cheaper(dropout_config, True, 1, 1, 1, 17) is False
+    assert cross_attention_folding_is_cheaper(dropout_config, False, 1, 1, 1, 17)
+
+
+def test_fused_decoder_folds_the_memory_projections_for_short_answers_with_equal_loss_and_gradients(inputs):
+    """Training on short answers over a long memory: the fused decoder folds its cross-attention K/V projections,
+    with eager's loss and gradients; generation (cache) and candidates sharing a memory still project."""
+    torch.manual_seed(0)
+    config = tiny_config()
+    model = MPLUGForQuestionAnswering(config).train()
+    labels = torch.tensor([[101, 7, 102], [101, 9, 102]])
+    folded_calls = []
+    for layer in model.text_decoder.model.layers:
+        layer.cross_attn.register_forward_hook(
+            lambda module, args, kwargs, output: folded_calls.append(kwargs["fold_projections"]), with_kwargs=True
+        )
+    losses, gradients = {}, {}
+    for implementation in ("eager", "mplug_fused"):
+        model.set_attn_implementation(implementation)
+        model.zero_grad()
+        losses[implementation] = model(**inputs, labels=labels).loss
+        losses[implementation].backward()
+        # the cross-attention key bias gets no gradient through the fold (softmax ignores it: zero either way)
+        gradients[implementation] = {
+            n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in model.named_parameters()
+        }
+    assert folded_calls == [False] * config.decoder_layers + [True] * config.decoder_layers
+    torch.testing.assert_close(losses["mplug_fused"], losses["eager"], atol=1e-5, rtol=1e-5)
+    for name, gradient in gradients["eager"].items():
+        torch.testing.assert_close(gradients["mplug_fused"][name], gradient, atol=1e-4, rtol=1e-4, msg=name)
+    folded_calls.clear()
+    with torch.no_grad():
+        model.eval().generate(**inputs, max_new_tokens=2)
+    assert not any(folded_calls)
 
 
 @pytest.mark.slow

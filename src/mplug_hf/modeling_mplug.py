@@ -479,11 +479,27 @@ class MPLUGTextModel(nn.Module):
                 attention_mask=encoder_attention_mask,
                 encoder_hidden_states=encoder_hidden_states,
             )
+            # The fused path folds the memory K/V projections into the few answer/caption queries when that is
+            # cheaper, i.e. when training or scoring short targets over a long memory; not with a cache (generation
+            # projects the memory once and keeps it) nor when rows share a memory (its projection is amortised).
+            fold_cross = (
+                self.config._attn_implementation == FUSED_ATTENTION
+                and cache is None
+                and hidden_states.shape[0] == memory_batch
+                and cross_attention_folding_is_cheaper(
+                    self.config,
+                    self.training,
+                    memory_batch,
+                    hidden_states.shape[1],
+                    memory_batch,
+                    encoder_hidden_states.shape[1],
+                )
+            )
         else:
             self_mask = create_bidirectional_mask(
                 config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
             )
-            cross_mask = None
+            cross_mask, fold_cross = None, False
 
         for layer in self.layers:
             hidden_states = layer(
@@ -492,11 +508,30 @@ class MPLUGTextModel(nn.Module):
                 encoder_hidden_states,
                 encoder_attention_mask=cross_mask,
                 cache=cache,
+                fold_cross_projections=fold_cross,
                 **kwargs,
             )
         return BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=hidden_states, cache=cache if use_cache else None
         )
+
+
+def cross_attention_folding_is_cheaper(
+    config: MPLUGTextConfig, training: bool, num_queries: int, query_length: int, num_memories: int, memory_length: int
+) -> bool:
+    """
+    Whether folding the cross-attention key/value projections into the queries (see
+    `MPLUGAttention._attend_with_folded_projections`) costs fewer multiply-adds than projecting the memory. Per layer,
+    for B query rows of L tokens over I distinct memories of N tokens, H heads and width D: folding costs
+    B·L·H·N·D·2 (logits and weighted sums per head) + B·L·D²·2 (folding queries and outputs); projecting costs
+    I·N·D²·2 (keys and values) + B·L·N·D·2 (attention). Fold when B·L·((H−1)·N + D) < I·N·D. Never with attention
+    dropout in training: dropped probabilities no longer sum to one, which folding the value bias relies on.
+    """
+    if training and config.attention_probs_dropout_prob > 0:
+        return False
+    hidden_size, num_heads = config.hidden_size, config.num_attention_heads
+    folded_cost = num_queries * query_length * ((num_heads - 1) * memory_length + hidden_size)
+    return folded_cost < num_memories * memory_length * hidden_size
 
 
 class MPLUGFusionEncoder(nn.Module):
@@ -547,18 +582,6 @@ class MPLUGFusionEncoder(nn.Module):
             index: (attn._split_heads(projected[2 * i]), attn._split_heads(projected[2 * i + 1]))
             for i, (index, attn) in enumerate(zip(run, attentions))
         }
-
-    def _folding_is_cheaper(self, num_texts: int, text_length: int, num_images: int, num_image_tokens: int) -> bool:
-        """
-        Multiply-adds per co-attention layer (B texts of L tokens, I distinct images of N tokens, H heads, width D):
-        folding costs B·L·H·N·D·2 (logits and weighted sums per head) + B·L·D²·2 (folding queries and outputs);
-        projecting costs I·N·D²·2 (keys and values) + B·L·N·D·2 (attention). Fold when B·L·((H−1)·N + D) < I·N·D.
-        """
-        if self.training and self.config.attention_probs_dropout_prob > 0:
-            return False  # dropped probabilities no longer sum to one, which folding the value bias relies on
-        hidden_size, num_heads = self.config.hidden_size, self.config.num_attention_heads
-        folded_cost = num_texts * text_length * ((num_heads - 1) * num_image_tokens + hidden_size)
-        return folded_cost < num_images * num_image_tokens * hidden_size
 
     def forward(
         self,
@@ -614,7 +637,9 @@ class MPLUGFusionEncoder(nn.Module):
                 # before the first connected layer the texts still share their images' tokens
                 source, indices = (distinct_images, image_indices) if index == 0 else (image_states, None)
                 run = self.co_attention_runs[index]
-                if self._folding_is_cheaper(num_texts, text_length, source.shape[0], num_image_tokens):
+                if cross_attention_folding_is_cheaper(
+                    self.config, self.training, num_texts, text_length, source.shape[0], num_image_tokens
+                ):
                     folded.update(run)
                 else:
                     precomputed.update(self._project_image_keys_values(run, source, indices))
