@@ -127,7 +127,7 @@ class MPLUGVQADataCollator(MPLUGDataCollatorMixin):
         if any(grouped):
             if not all(grouped):
                 raise ValueError(f"{self.question_key!r} is a list of questions for some examples but not all")
-            per_question = self._one_example_per_question(examples, questions)
+            examples = self._one_example_per_question(examples, questions)
             batch = self.processor(images=images)
             batch.update(
                 self.processor.encode_text(
@@ -135,7 +135,6 @@ class MPLUGVQADataCollator(MPLUGDataCollatorMixin):
                 )
             )
             batch["image_indices"] = torch.tensor([index for index, group in enumerate(questions) for _ in group])
-            examples = per_question
         else:
             batch = self.processor(images=images, text=questions, max_length=self.max_question_length)
         if not _has_all(examples, self.answer_key):

@@ -1,6 +1,7 @@
 """
 What the fine-tuning scripts in `examples/` share: argument dataclasses, reading datasets in the original formats,
-loading the model and processor, LoRA / frozen-vision setup, a learning rate per module, and the train → save loop with checkpoint resumption.
+loading the model and processor, LoRA / frozen-vision setup, a learning rate per module, and the train → save loop
+with checkpoint resumption.
 
 The scripts are plain `Trainer` programs, so the same command runs on one CPU, under `torchrun --nproc_per_node N`
 or `accelerate launch` (DDP), and with `--deepspeed ds_config.json` or `--fsdp "full_shard auto_wrap"`
@@ -309,6 +310,8 @@ def fine_tune(
         train_dataset = prepare_train_dataset(train_dataset, task_args)
     scales = {}
     if model_args.vision_learning_rate is not None:
+        if training_args.learning_rate <= 0:
+            raise ValueError("--vision_learning_rate needs a positive --learning_rate to scale against")
         scales["mplug.vision_model"] = model_args.vision_learning_rate / training_args.learning_rate
     trainer = MPLUGTrainer(
         model=model,
