@@ -36,7 +36,7 @@ from easy_vqa import get_answers, get_test_image_paths, get_test_questions, get_
 from PIL import Image, ImageDraw
 from transformers import BertTokenizer, TrainingArguments, pipeline
 
-from mplug_hf import MPLUGConfig, MPLUGForQuestionAnswering, MPLUGImageProcessor, MPLUGProcessor
+from mplug_hf import MPLUGConfig, MPLUGForQuestionAnswering, MPLUGImageProcessor, MPLUGProcessor, default_tokenizer
 from mplug_hf.data_collators import MPLUGVQADataCollator
 from mplug_hf.evaluation.runner import EvaluationRunner, answer_questions
 from mplug_hf.training import MPLUGTrainer
@@ -69,7 +69,7 @@ def small_config(vocab_size: int) -> MPLUGConfig:
 def easy_vqa_tokenizer(folder: str) -> BertTokenizer:
     """A BERT tokenizer over BERT's special tokens and the words of easy-VQA's training questions and answers."""
     questions, answers, _ = get_train_questions()
-    bert = MPLUGProcessor().tokenizer
+    bert = default_tokenizer()
     split_words = bert.backend_tokenizer.pre_tokenizer.pre_tokenize_str  # BERT's split on spaces and punctuation
     words = sorted({word for text in questions + answers for word, _ in split_words(text.lower())})
     specials = bert.convert_ids_to_tokens(list(range(SPECIAL_TOKEN_ENTRIES)))
@@ -77,7 +77,7 @@ def easy_vqa_tokenizer(folder: str) -> BertTokenizer:
     path = os.path.join(folder, "vocab.txt")
     with open(path, "w") as file:
         file.write("\n".join(specials + words) + "\n")
-    return BertTokenizer(vocab=path, do_lower_case=True, model_max_length=512)
+    return default_tokenizer(path)
 
 
 def easy_vqa_training_images(limit: int | None) -> datasets.Dataset:

@@ -720,15 +720,11 @@ def verify_converted(
 def save_converted(model, report: ConversionReport, output_dir: str, vocab_file: str | None = None) -> None:
     """Write safetensors + config + generation config + processor files (with `vocab_file`, e.g. a ModelScope
     folder's vocab.txt, else the shipped bert-base-uncased vocabulary) + the key report."""
-    from transformers import BertTokenizer
-
     from .image_processing_mplug import MPLUGImageProcessor
     from .processing_mplug import MPLUGProcessor, default_tokenizer
 
     model.save_pretrained(output_dir)
-    tokenizer = (
-        BertTokenizer(vocab_file, do_lower_case=True, model_max_length=512) if vocab_file else default_tokenizer()
-    )
+    tokenizer = default_tokenizer(vocab_file) if vocab_file else default_tokenizer()
     image_processor = MPLUGImageProcessor(image_size=model.config.vision_config.image_size)
     MPLUGProcessor(image_processor, tokenizer).save_pretrained(output_dir)
     with open(os.path.join(output_dir, "conversion_report.json"), "w") as handle:

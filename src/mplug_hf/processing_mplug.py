@@ -16,9 +16,10 @@ logger = logging.get_logger(__name__)
 VOCAB_FILE = os.path.join(os.path.dirname(__file__), "data", "bert-base-uncased-vocab.txt")
 
 
-def default_tokenizer() -> BertTokenizer:
-    """The bert-base-uncased tokenizer mPLUG was trained with, built from the vocabulary shipped in this package."""
-    return BertTokenizer(vocab=VOCAB_FILE, do_lower_case=True, model_max_length=512)
+def default_tokenizer(vocab_file: str = VOCAB_FILE) -> BertTokenizer:
+    """The bert-base-uncased tokenizer mPLUG was trained with, built from the vocabulary shipped in this package, or
+    the same (lower-casing) BERT tokenizer over another WordPiece `vocab_file`."""
+    return BertTokenizer(vocab=vocab_file, do_lower_case=True, model_max_length=512)
 
 
 class MPLUGProcessor(ProcessorMixin):
