@@ -37,6 +37,7 @@ def parse_args(argv=None):
     parser.add_argument("--score", choices=["string", "p_yes"], default="string")
     parser.add_argument("--batch-images", type=int, default=8, help="grid images per batch")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is available")
     parser.add_argument("--threads", type=int, help="torch CPU threads per process")
     parser.add_argument("--max-batches", type=int, help="stop after this many batches per process (resume later)")
     args = parser.parse_args(argv)
@@ -48,14 +49,12 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    from accelerate import Accelerator
-
-    from mplug_hf.t2i_benchmarks import dpg_bench, load_vqa_judge
+    from mplug_hf.t2i_benchmarks import dpg_bench, load_vqa_judge, make_accelerator
 
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    accelerator = Accelerator()
+    accelerator = make_accelerator(args.cpu)
     return dpg_bench(args, accelerator, lambda: load_vqa_judge(args.model, accelerator.device, args.dtype))
 
 

@@ -319,8 +319,9 @@ def test_dpg_resume_equals_uninterrupted(workspace, tmp_path):
 
 
 def launch_two_processes(script, args):
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    """Two CPU processes under torch's distributed launcher, which Accelerator picks up (gloo); on GPUs `accelerate
+    launch --num_processes N` starts the same engine (its `--cpu` flag alone starts one process)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                str(ROOT / "examples" / f"{script}.py"), *args]  # fmt: skip
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)

@@ -809,6 +809,16 @@ def tifa(args, accelerator, load_judge: Callable[[], VQAJudge]) -> dict | None:
     return result
 
 
+def make_accelerator(cpu: bool = False):
+    """The run's `Accelerator`. Without an accelerator device it is made with `cpu=True`, so that several CPU
+    processes started by `torchrun` (or `accelerate launch` with a multi-CPU config) form one distributed run instead
+    of each running everything."""
+    from accelerate import Accelerator
+
+    has_device = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    return Accelerator(cpu=cpu or not has_device)
+
+
 def load_vqa_judge(model_path: str, device, dtype: str = "float32", **generation) -> VQAJudge:
     """An [`MPLUGForQuestionAnswering`] folder (e.g. converted from ModelScope's mPLUG-large VQA) as a judge."""
     from transformers import AutoProcessor
@@ -832,6 +842,7 @@ __all__ = [
     "dpg_aggregate",
     "dpg_bench",
     "load_vqa_judge",
+    "make_accelerator",
     "read_dpg_csv",
     "read_tifa",
     "run_batches",
