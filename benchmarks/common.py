@@ -38,6 +38,9 @@ class BenchmarkSettings:
     train_batch_size: int = 8
     judge_images: int = 8
     questions_per_image: int = 8
+    dpg_items: int = 4
+    dpg_crops: int = 4
+    dpg_questions: int = 15
     peak_tflops: float | None = None
     seed: int = 0
 

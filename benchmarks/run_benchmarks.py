@@ -17,6 +17,7 @@ from mplug_hf import MPLUGConfig
 
 from .blip import blip_comparison
 from .common import BenchmarkSettings, describe_machine, format_report
+from .dpg_bench import dpg_scoring
 from .fusion import fusion_encoder
 from .generation import caption_generation, vqa_generation
 from .judging import judging
@@ -34,6 +35,7 @@ BENCHMARKS = {
     "training": training_step,
     "judging": judging,
     "vision": vision_encoder,
+    "dpg": dpg_scoring,
 }
 
 
@@ -57,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-batch-size", type=int, help="default: --batch-size")
     parser.add_argument("--judge-images", type=int, default=8)
     parser.add_argument("--questions-per-image", type=int, default=8)
+    parser.add_argument("--dpg-items", type=int, default=4, help="DPG-Bench benchmark: grid images")
+    parser.add_argument("--dpg-crops", type=int, default=4, choices=[1, 2, 3, 4], help="crops per grid")
+    parser.add_argument("--dpg-questions", type=int, default=15, help="questions per item")
     parser.add_argument(
         "--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: data sheet of known GPUs)"
     )
@@ -80,6 +85,9 @@ def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
         train_batch_size=args.train_batch_size or args.batch_size,
         judge_images=args.judge_images,
         questions_per_image=args.questions_per_image,
+        dpg_items=args.dpg_items,
+        dpg_crops=args.dpg_crops,
+        dpg_questions=args.dpg_questions,
         peak_tflops=args.peak_tflops,
         seed=args.seed,
     )

@@ -437,3 +437,16 @@ def test_tifa_two_processes_equal_one_bit_for_bit(workspace, tifa_workspace, tmp
     sharded = tmp_path / "sharded.json"
     launch_two_processes("tifa", [a if a != str(tmp_path / "single.json") else str(sharded) for a in args])
     assert sharded.read_text() == (tmp_path / "single.json").read_text()
+
+
+def test_dpg_benchmark_row_runs_and_both_sides_answer_alike():
+    from benchmarks.common import BenchmarkSettings
+    from benchmarks.dpg_bench import dpg_scoring
+
+    config = tiny_config(
+        text_config=dict(vocab_size=30522, hidden_size=32, intermediate_size=64, num_attention_heads=4)
+    )
+    settings = BenchmarkSettings(repeats=1, num_beams=3, answer_tokens=4, dpg_items=2, dpg_crops=4, dpg_questions=3)
+    (result,) = dpg_scoring(config, settings)
+    assert [row.speedup for row in result.rows][0] == 1.0 and len(result.rows) == 2
+    assert "answer strings equal: 24/24" in result.notes[0]

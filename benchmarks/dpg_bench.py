@@ -1,0 +1,79 @@
+"""Benchmark 9: DPG-Bench-style scoring. Grids of `dpg_crops` generated images per item, `dpg_questions` yes/no
+questions per item, answered as ModelScope's VQA pipeline answers them (beam 5, min 1, max 10, decoded string):
+one pipeline-style call per (crop, question) as the official DPG-Bench and TIFA scripts make them (preprocess one
+crop and one question, encode, beam search, decode) against `mplug_hf.t2i_benchmarks.VQAJudge` (every crop encoded
+once for all its questions, all crops of all items in one batch, the beams sharing their question's memory)."""
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mplug_hf import MPLUGConfig, MPLUGForQuestionAnswering, MPLUGImageProcessor, MPLUGProcessor
+from mplug_hf.t2i_benchmarks import VQAJudge, crop_boxes
+
+from .common import BenchmarkResult, BenchmarkSettings, Side, build_model, make_result, measure
+
+
+PER_QUESTION = "one pipeline call per question (official scripts)"
+BATCHED = "VQAJudge: crops encoded once, all questions batched"
+
+QUESTIONS = [
+    "is there a cat?", "is the cat black?", "is there a dog?", "is the dog brown?", "is the dog next to the cat?",
+    "is there a ball?", "is the ball red?", "is the cat on a sofa?", "is there a window?", "is it daytime?",
+    "is the sofa green?", "is there a lamp?", "is the lamp on the table?", "is this a photograph?",
+    "is the style realistic?", "are there two animals?", "is the floor wooden?", "is the dog sleeping?",
+]  # fmt: skip
+
+
+def grid_images(count: int, crops: int, side: int, seed: int) -> list[Image.Image]:
+    """Random RGB grids of `crops` generated images of `side` pixels (2×2 for 3-4 crops)."""
+    rng = np.random.default_rng(seed)
+    width, height = (2 * side if crops > 1 else side), (2 * side if crops > 2 else side)
+    return [Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def dpg_scoring(config: MPLUGConfig, settings: BenchmarkSettings) -> list[BenchmarkResult]:
+    model = build_model(MPLUGForQuestionAnswering, config, settings)
+    size = config.vision_config.image_size
+    processor = MPLUGProcessor(MPLUGImageProcessor(image_size=size))
+    judge = VQAJudge(model, processor, num_beams=settings.num_beams, min_length=1, max_length=settings.answer_tokens)
+    num_items, num_crops, per_item = settings.dpg_items, settings.dpg_crops, settings.dpg_questions
+    questions = [QUESTIONS[q % len(QUESTIONS)] for q in range(per_item)]
+    boxes = crop_boxes(size, num_crops)
+    crops = [grid.crop(box).convert("RGB") for grid in grid_images(num_items, num_crops, size, settings.seed)
+             for box in boxes]  # fmt: skip
+
+    def batched(count: int = len(crops)) -> list[str]:
+        pairs = [(c, q) for c in range(count) for q in questions]
+        answers = judge.answer(crops[:count], [q for _, q in pairs], [c for c, _ in pairs])
+        return [answer["answer"] for answer in answers]
+
+    def one_per_call(count: int = len(crops), limit: int | None = None) -> list[str]:
+        answers = []
+        for crop in crops[:count]:
+            for question in questions[:limit]:
+                input_ids, attention_mask = judge.encode_questions([question])
+                pixel_values = judge.pixel_values([crop])
+                output = model.generate_original(
+                    input_ids, pixel_values, attention_mask, judge.num_beams, judge.min_length, judge.max_length
+                )
+                answers.append(
+                    processor.tokenizer.decode(
+                        output.sequences[0, 0, : int(output.lengths[0, 0])].tolist(),
+                        skip_special_tokens=True,
+                        clean_up_tokenization_spaces=True,
+                    )
+                )
+        return answers
+
+    sides = {
+        PER_QUESTION: Side(run=one_per_call, warmup=lambda: one_per_call(1, 1)),
+        BATCHED: Side(run=batched, warmup=lambda: batched(1)),
+    }
+    with torch.no_grad():
+        measurements = measure(sides, settings)
+    reference, ours = measurements[PER_QUESTION].output, measurements[BATCHED].output
+    equal = sum(a == b for a, b in zip(reference, ours))
+    notes = [f"{len(crops) * per_item} questions; answer strings equal: {equal}/{len(reference)}"]
+    title = f"DPG-Bench scoring, {num_items} items × {num_crops} crops × {per_item} questions"
+    return [make_result(title, measurements, PER_QUESTION, len(crops), notes=notes)]
