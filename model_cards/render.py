@@ -11,6 +11,7 @@ import argparse
 import os
 
 from mplug_hf.hub import SIZES, TASKS, render_model_card
+from mplug_hf.io_utils import atomic_write_text
 
 
 CARDS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -28,8 +29,8 @@ def render_all(namespace: str = DEFAULT_NAMESPACE, cards_dir: str = CARDS_DIR) -
         for size in SIZES:
             name = family_name(task, size)
             path = os.path.join(cards_dir, name, "README.md")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            render_model_card(task, size, f"{namespace}/{name}").save(path)
+            # atomically: an interrupted render leaves the previous card, never a half-written one
+            atomic_write_text(path, str(render_model_card(task, size, f"{namespace}/{name}")))
             paths.append(path)
     return paths
 

@@ -16,6 +16,8 @@ import tempfile
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers.dynamic_module_utils import get_relative_import_files
 
+from .io_utils import atomic_write_json, atomic_write_text
+
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # Entry points of the remote code; their relative imports (configuration, image processing) come along.
@@ -64,9 +66,7 @@ def _update_json(path: str, update) -> None:
     with open(path, encoding="utf-8") as handle:
         content = json.load(handle)
     update(content)
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(content, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+    atomic_write_json(path, content, indent=2, sort_keys=True, ensure_ascii=True)
 
 
 def remote_code_files() -> list[str]:
@@ -119,7 +119,7 @@ def export_for_hub(model, processor, save_dir: str, model_card: ModelCard | str 
         model_card = render_model_card(HEAD_TASKS[head], model_size(model.config), repo_id)
     elif isinstance(model_card, str):
         model_card = ModelCard(model_card)
-    model_card.save(os.path.join(save_dir, "README.md"))
+    atomic_write_text(os.path.join(save_dir, "README.md"), str(model_card))
     return save_dir
 
 

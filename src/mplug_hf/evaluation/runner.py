@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..image_processing_mplug import load_image, sample_frames
+from ..io_utils import atomic_open, atomic_write_json
 from ..modeling_mplug import MPLUGForCaptioning, MPLUGForQuestionAnswering, MPLUGForRetrieval
 from ..processing_mplug import MPLUGProcessor
 from .caption import _coco_caption_available as coco_caption_available
@@ -519,11 +520,8 @@ def format_metric_table(title: str, metrics: dict[str, float]) -> str:
 
 
 def write_json(path: str | os.PathLike, content) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as file:
-        json.dump(content, file, indent=1, ensure_ascii=False)
-    return path
+    """Write `content` as JSON atomically (a killed run leaves the previous file, never a half-written one)."""
+    return atomic_write_json(path, content, indent=1)
 
 
 def report_metrics(output_dir: str | os.PathLike, title: str, metrics: dict[str, float]) -> None:
@@ -635,7 +633,8 @@ def run_retrieval(
     scores = retrieval_scores(runner, [group["visual"] for group in groups], texts, **score_kwargs)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(output_dir / "retrieval_scores.npz", **scores, txt2img=np.array(text_to_visual))
+    with atomic_open(output_dir / "retrieval_scores.npz", "wb") as handle:
+        np.savez(handle, **scores, txt2img=np.array(text_to_visual))
     ranks = {
         "ids": [group["id"] for group in groups],
         "texts": texts,
