@@ -26,13 +26,13 @@ def fusion_encoder(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Ben
     pixel_values = random_images(settings.batch_size, config, settings)
     input_ids, attention_mask = random_texts(settings.batch_size, 5, 12, config, settings)
     with torch.no_grad():
-        image_embeds = model.get_image_features(pixel_values)
-        text_embeds = model.get_text_features(input_ids, attention_mask)
+        image_states = model.get_image_features(pixel_values).last_hidden_state
+        text_states = model.get_text_features(input_ids, attention_mask).last_hidden_state
 
     @torch.no_grad()
     def fuse(implementation: str) -> torch.Tensor:
         set_attention_implementation(model.config, implementation)
-        return model.fuse(image_embeds, text_embeds, attention_mask).last_hidden_state
+        return model(image_states=image_states, text_states=text_states, attention_mask=attention_mask).last_hidden_state
 
     sides = {name: Side(run=lambda name=name: fuse(name)) for name in IMPLEMENTATIONS}
     measurements = measure(sides, settings)

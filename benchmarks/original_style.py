@@ -42,7 +42,7 @@ def uncached_tiled_beam_search(
     item_ids = torch.arange(batch_size, device=device)  # which original item each remaining row group is
     hypotheses: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch_size)]
     for step in range(max_length):
-        logits, _ = model.text_decoder(alive, memory, encoder_attention_mask=memory_mask)
+        logits = model.text_decoder(alive, memory, encoder_attention_mask=memory_mask).logits
         log_probs = torch.log(torch.softmax(logits[:, -1].float(), dim=-1))
         vocab_size = log_probs.shape[-1]
         if step < min_length:
@@ -101,19 +101,19 @@ def tiled_rank_answers(
     """
     batch_size = memory.shape[0]
     start = candidate_ids[:1, :1].expand(batch_size, 1)
-    first_logits, _ = model.text_decoder(start, memory, encoder_attention_mask=memory_mask)
+    first_logits = model.text_decoder(start, memory, encoder_attention_mask=memory_mask).logits
     first_probs = first_logits[:, 0].float().softmax(dim=-1).index_select(1, candidate_ids[:, 1])
     topk_probs, topk_ids = first_probs.topk(k, dim=1)
 
     input_ids = candidate_ids.index_select(0, topk_ids.view(-1))
     input_mask = candidate_attention_mask.index_select(0, topk_ids.view(-1))
     labels = input_ids.masked_fill(input_mask == 0, -100)
-    logits, _ = model.text_decoder(
+    logits = model.text_decoder(
         input_ids,
         memory.repeat_interleave(k, dim=0),
         attention_mask=input_mask,
         encoder_attention_mask=memory_mask.repeat_interleave(k, dim=0),
-    )
+    ).logits
     token_loss = F.cross_entropy(
         logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none"
     )

@@ -56,7 +56,7 @@ def vision_encoder(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Ben
     def encode(kernel: str) -> torch.Tensor:
         for sub_config in (model.config, model.config.vision_config):
             sub_config._attn_implementation = kernel
-        return model.get_image_features(pixel_values)
+        return model.get_image_features(pixel_values).last_hidden_state
 
     with FlopCounterMode(display=False) as counter:
         encode("sdpa")

@@ -10,6 +10,7 @@ from benchmarks.common import BenchmarkSettings, describe_machine, format_report
 from benchmarks.original_style import tiled_rank_answers, uncached_tiled_beam_search
 from benchmarks.run_benchmarks import BENCHMARKS, parse_args, run, settings_from_args
 from mplug_hf import MPLUGForCaptioning, MPLUGForQuestionAnswering
+from mplug_hf.original_generation import original_beam_search
 from tests.conftest import tiny_config
 
 
@@ -79,7 +80,7 @@ def test_uncached_tiled_beam_search_equals_generate_original(inputs, cls):
             encoded = model.mplug(**inputs)
             memory, memory_mask = encoded.last_hidden_state, encoded.encoder_attention_mask
     settings = dict(num_beams=3, min_length=1, max_length=8, num_return_sequences=2)
-    expected = model.original_beam_search(memory, memory_mask, **settings).sequences
+    expected = original_beam_search(model.text_decoder, memory, memory_mask, **settings).sequences
     sequences = uncached_tiled_beam_search(model, memory, memory_mask, **settings)
     assert sequences.tolist() == expected.tolist()
     # the items finished at different steps, so the baseline's removal of finished items ran

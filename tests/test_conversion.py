@@ -79,10 +79,10 @@ def test_vqa_parity(ref):
     pv, qi, qm = g["inputs.pixel_values"], g["common.question_input_ids"], g["common.question_attention_mask"]
     with torch.no_grad():
         encoded = model.mplug(input_ids=qi, pixel_values=pv, attention_mask=qm)
-        close(encoded.image_embeds, g["common.image_embeds"], 1e-5)
-        close(encoded.text_embeds, g["common.text_embeds"], 1e-5)
-        close(encoded.image_hidden_state, g["common.fusion_image_output"], 1e-5)
-        close(encoded.text_hidden_state, g["common.fusion_text_output"], 1e-5)
+        close(encoded.image_states, g["common.image_embeds"], 1e-5)
+        close(encoded.text_states, g["common.text_embeds"], 1e-5)
+        close(encoded.fused_image_states, g["common.fusion_image_output"], 1e-5)
+        close(encoded.fused_text_states, g["common.fusion_text_output"], 1e-5)
         close(encoded.last_hidden_state, g["vqa.memory"], 1e-5)
         assert encoded.encoder_attention_mask.tolist() == g["vqa.memory_mask"].tolist()
         labels = g["vqa.answer_input_ids"].masked_fill(g["vqa.answer_attention_mask"] == 0, -100)
@@ -131,12 +131,12 @@ def test_retrieval_parity(ref):
     model, _ = convert(ref, "retrieval")
     pv, ti, tm = g["inputs.pixel_values"], g["retrieval.text_input_ids"], g["retrieval.text_attention_mask"]
     with torch.no_grad():
-        close(model.mplug.get_text_features(ti, tm), g["retrieval.text_feats"], 1e-5)
-        close(model.get_image_features(pv), g["retrieval.image_feat"], 1e-5)
-        close(model.get_text_features(ti, tm), g["retrieval.text_feat"], 1e-5)
+        close(model.mplug.get_text_features(ti, tm).last_hidden_state, g["retrieval.text_feats"], 1e-5)
+        close(model.get_image_features(pv).pooler_output, g["retrieval.image_feat"], 1e-5)
+        close(model.get_text_features(ti, tm).pooler_output, g["retrieval.text_feat"], 1e-5)
         out = model(input_ids=ti, pixel_values=pv, attention_mask=tm, compute_itm=False)
         close(out.logits_per_image, g["retrieval.sims_over_temp"], 1e-4)
-        close(model.temp, g["retrieval.temp"], 0)
+        close(model.contrastive.temp, g["retrieval.temp"], 0)
     i2t, t2i = model.retrieve(pv, ti, tm, k=4)
     close(i2t, g["retrieval.itm_logits"][..., 1], 1e-4)
     i2t, _ = model.retrieve(pv, ti, tm, k=2)  # the fixture's k_test: top-2 by ITC, ITM there, -100 elsewhere
@@ -151,7 +151,7 @@ def test_grounding_parity(ref):
     pv, qi, qm = g["inputs.pixel_values"], g["tok.grounding.input_ids"], g["tok.grounding.attention_mask"]
     with torch.no_grad():
         encoded = model.mplug(input_ids=qi, pixel_values=pv, attention_mask=qm)
-        close(encoded.text_embeds, g["grounding.text_embeds"], 1e-5)
+        close(encoded.text_states, g["grounding.text_embeds"], 1e-5)
         close(encoded.last_hidden_state, g["grounding.memory"], 1e-5)
         close(model.predict_boxes(qi, pv, qm), g["grounding.pred_box"], 1e-6)
         out = model(input_ids=qi, pixel_values=pv, attention_mask=qm, labels=g["grounding.targets"])
@@ -175,7 +175,9 @@ def test_pretrain_format_loads_with_resized_position_embedding(ref):
     close(embeddings, g["pretrain.vqa.loaded_visual_positional_embedding"], 1e-6)
     with torch.no_grad():
         close(
-            model.mplug.get_image_features(g["inputs.pixel_values"]), g["pretrain.vqa.image_embeds_after_load"], 1e-5
+            model.mplug.get_image_features(g["inputs.pixel_values"]).last_hidden_state,
+            g["pretrain.vqa.image_embeds_after_load"],
+            1e-5,
         )
     assert "mlm_head.dense.weight" in report.mapped.values()
     vqa, _ = convert_checkpoint(str(ref[0] / "checkpoints" / "mplug_pretrain_format.pth"), "vqa",

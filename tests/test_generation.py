@@ -6,9 +6,16 @@ import pytest
 import torch
 from transformers import GenerationMixin
 
-from mplug_hf import MPLUGForCaptioning, MPLUGForQuestionAnswering
-from mplug_hf.modeling_mplug import MPLUGAttention, cross_attention_folding_is_cheaper
+from mplug_hf import MPLUGForCaptioning, MPLUGForQuestionAnswering, fused_attention
+from mplug_hf.fused_attention import attend_with_folded_projections, folding_is_cheaper
+from mplug_hf.modeling_mplug import MPLUGAttention
 from tests.conftest import tiny_config
+
+
+def decode(model, ids, memory, memory_mask, attention_mask=None):
+    return model.text_decoder(
+        ids, encoder_hidden_states=memory, encoder_attention_mask=memory_mask, attention_mask=attention_mask
+    ).logits
 
 
 def build(cls, attn_implementation="eager"):
@@ -26,9 +33,9 @@ def test_shared_memory_equals_tiled_memory(inputs, attn_implementation):
         memory, memory_mask = encoded.last_hidden_state, encoded.encoder_attention_mask
         answers = torch.tensor([[101, 5, 6, 102], [101, 7, 102, 0], [101, 8, 9, 10]] * 2)
         answer_mask = (answers != 0).long()
-        shared, _ = model._run_decoder(answers, memory, memory_mask, answer_mask)
-        tiled, _ = model._run_decoder(
-            answers, memory.repeat_interleave(3, 0), memory_mask.repeat_interleave(3, 0), answer_mask
+        shared = decode(model, answers, memory, memory_mask, answer_mask)
+        tiled = decode(
+            model, answers, memory.repeat_interleave(3, 0), memory_mask.repeat_interleave(3, 0), answer_mask
         )
     torch.testing.assert_close(shared, tiled, atol=1e-5, rtol=1e-5)
 
@@ -37,7 +44,7 @@ def test_decoder_batch_must_be_a_multiple_of_memory_batch(inputs):
     model = build(MPLUGForQuestionAnswering)
     encoded = model.mplug(**inputs)
     with pytest.raises(ValueError, match="multiple of the memory batch"):
-        model._run_decoder(torch.tensor([[101]] * 3), encoded.last_hidden_state, encoded.encoder_attention_mask)
+        decode(model, torch.tensor([[101]] * 3), encoded.last_hidden_state, encoded.encoder_attention_mask)
 
 
 @pytest.mark.parametrize("cls", [MPLUGForCaptioning, MPLUGForQuestionAnswering])
@@ -92,24 +99,28 @@ def test_fused_path_projects_each_image_once_for_many_questions(inputs, stride_l
     input_ids = torch.tensor([[101, 7, 8], [101, 9, 0], [101, 10, 11], [101, 12, 13]] * 2)
     mask = (input_ids != 0).long()
     projected_rows, folded_layers = [], []
-    original_projection = encoder._project_image_keys_values
-    encoder._project_image_keys_values = lambda run, states, indices: (
-        projected_rows.append(states.shape[0]) or original_projection(run, states, indices)
-    )
+    original_projection = fused_attention.project_run_keys_values
+
+    def counting_projection(attentions, states, indices):
+        projected_rows.append(states.shape[0])
+        return original_projection(attentions, states, indices)
+
     for index, layer in enumerate(encoder.layers):
         if layer.cross_attn is not None:
             layer.cross_attn.register_forward_hook(
                 lambda module, args, kwargs, output, index=index: (
-                    folded_layers.append(index) if kwargs["fold_projections"] else None
+                    folded_layers.append(index)
+                    if kwargs["cross_attention_override"] is attend_with_folded_projections
+                    else None
                 ),
                 with_kwargs=True,
             )
-    with torch.no_grad():
-        images = model.mplug.get_image_features(inputs["pixel_values"])
-        texts = model.mplug.get_text_features(input_ids, mask)
-        shared = model.mplug.fuse(images, texts, mask, image_indices=image_indices)
-        model.config._attn_implementation = "eager"
-        tiled = model.mplug.fuse(images.index_select(0, image_indices), texts, mask)
+    with torch.no_grad(), patch.object(fused_attention, "project_run_keys_values", counting_projection):
+        images = model.mplug.get_image_features(inputs["pixel_values"]).last_hidden_state
+        texts = model.mplug.get_text_features(input_ids, mask).last_hidden_state
+        shared = model.mplug(image_states=images, text_states=texts, attention_mask=mask, image_indices=image_indices)
+        model.set_attn_implementation("eager")
+        tiled = model.mplug(image_states=images.index_select(0, image_indices), text_states=texts, attention_mask=mask)
     assert projected_rows == [2]
     assert folded_layers == ([3] if stride_layer == 2 else [])
     torch.testing.assert_close(shared.last_hidden_state, tiled.last_hidden_state, atol=1e-5, rtol=1e-5)
@@ -124,7 +135,7 @@ def test_folded_cross_attention_equals_projected_cross_attention(attn_implementa
     torch.manual_seed(0)
     config = tiny_config().text_config
     config._attn_implementation = attn_implementation
-    attention = MPLUGAttention(config, dropout=0.0, is_cross_attention=True).eval()
+    attention = MPLUGAttention(config, is_cross_attention=True).eval()
     for proj in (attention.k_proj, attention.v_proj):
         torch.nn.init.normal_(proj.bias)  # non-zero biases: the fold drops the key bias and moves the value bias
     queries, memory = torch.randn(3, 4, 32), torch.randn(3, 9, 32)
@@ -136,7 +147,8 @@ def test_folded_cross_attention_equals_projected_cross_attention(attn_implementa
     outputs, gradients = {}, {}
     for fold in (False, True):
         attention.zero_grad()
-        outputs[fold], _ = attention(queries, mask, key_value_states=memory, fold_projections=fold)
+        override = attend_with_folded_projections if fold else None
+        outputs[fold], _ = attention(queries, mask, key_value_states=memory, cross_attention_override=override)
         outputs[fold].square().sum().backward()
         gradients[fold] = {
             name: torch.zeros_like(parameter) if parameter.grad is None else parameter.grad.clone()
@@ -154,13 +166,13 @@ def test_folded_cross_attention_equals_projected_cross_attention(attn_implementa
 def test_fused_path_folds_only_when_cheaper_and_never_with_attention_dropout():
     config = tiny_config().text_config  # width 32, 4 heads
     # B·L·((H−1)·N + D) against I·N·D, with N = 17 image tokens
-    assert cross_attention_folding_is_cheaper(config, False, 2, 6, 2, 17)
-    assert not cross_attention_folding_is_cheaper(config, False, 2, 7, 2, 17)
-    assert not cross_attention_folding_is_cheaper(config, False, 8, 3, 2, 17)
+    assert folding_is_cheaper(config, False, 2, 6, 2, 17)
+    assert not folding_is_cheaper(config, False, 2, 7, 2, 17)
+    assert not folding_is_cheaper(config, False, 8, 3, 2, 17)
     dropout_config = tiny_config(text_config=dict(hidden_size=32, num_attention_heads=4)).text_config
     assert dropout_config.attention_probs_dropout_prob > 0
-    assert cross_attention_folding_is_cheaper(dropout_config, True, 1, 1, 1, 17) is False
-    assert cross_attention_folding_is_cheaper(dropout_config, False, 1, 1, 1, 17)
+    assert folding_is_cheaper(dropout_config, True, 1, 1, 1, 17) is False
+    assert folding_is_cheaper(dropout_config, False, 1, 1, 1, 17)
 
 
 def test_fused_decoder_folds_the_memory_projections_for_short_answers_with_equal_loss_and_gradients(inputs):
@@ -173,7 +185,10 @@ def test_fused_decoder_folds_the_memory_projections_for_short_answers_with_equal
     folded_calls = []
     for layer in model.text_decoder.model.layers:
         layer.cross_attn.register_forward_hook(
-            lambda module, args, kwargs, output: folded_calls.append(kwargs["fold_projections"]), with_kwargs=True
+            lambda module, args, kwargs, output: folded_calls.append(
+                kwargs["cross_attention_override"] is attend_with_folded_projections
+            ),
+            with_kwargs=True,
         )
     losses, gradients = {}, {}
     for implementation in ("eager", "mplug_fused"):

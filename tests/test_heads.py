@@ -7,6 +7,7 @@ from mplug_hf import (
     MPLUGForPreTraining,
     MPLUGForQuestionAnswering,
     MPLUGForRetrieval,
+    MPLUGImageProcessor,
 )
 from tests.conftest import tiny_config
 
@@ -64,7 +65,7 @@ def test_retrieval_and_pretraining_losses_backpropagate(inputs):
     out = model(**inputs, return_loss=True)
     assert torch.isfinite(out.loss) and out.loss_itc > 0 and out.loss_itm > 0
     out.loss.backward()
-    grads_reach(model, ["mplug", "vision_proj", "text_proj", "itm_head", "temp"])
+    grads_reach(model, ["mplug", "contrastive.vision_proj", "contrastive.text_proj", "contrastive.itm_head", "contrastive.temp"])
 
     model = build(MPLUGForPreTraining).train()
     mlm_ids = inputs["input_ids"].clone()
@@ -81,7 +82,7 @@ def test_retrieval_and_pretraining_losses_backpropagate(inputs):
     assert all(torch.isfinite(out[k]) for k in ("loss_itc", "loss_itm", "loss_mlm", "loss_prefix_lm"))
     torch.testing.assert_close(out.loss, out.loss_itc + out.loss_itm + out.loss_mlm + out.loss_prefix_lm)
     out.loss.backward()
-    grads_reach(model, ["mplug", "mlm_head", "text_decoder", "itm_head"])
+    grads_reach(model, ["mplug", "mlm_head", "text_decoder", "contrastive.itm_head"])
 
 
 def test_grounding_loss_backpropagates(inputs):
@@ -207,7 +208,7 @@ def test_retrieve_equals_full_itm_matrix_when_k_covers_everything(inputs):
     assert ((i2t_top1 == -100).sum(dim=1) == 2).all()
     # video retrieval's score: ITM + ITC similarity
     with torch.no_grad():
-        sims = model.get_image_features(inputs["pixel_values"]) @ model.get_text_features(texts, mask).t()
+        sims = model.get_image_features(inputs["pixel_values"]).pooler_output @ model.get_text_features(texts, mask).pooler_output.t()
     i2t_sum, t2i_sum = model.retrieve(inputs["pixel_values"], texts, mask, k=10, add_itc=True)
     torch.testing.assert_close(i2t_sum, full + sims, atol=1e-5, rtol=0)
     torch.testing.assert_close(t2i_sum, (full + sims).t(), atol=1e-5, rtol=0)
@@ -235,9 +236,11 @@ def test_grounding_predict_boxes_and_bad_labels(inputs):
     model = build(MPLUGForGrounding)
     boxes = model.predict_boxes(**inputs)
     assert boxes.shape == (2, 4) and ((boxes >= 0) & (boxes <= 1)).all()
-    pixel = model.predict_boxes(**inputs, image_sizes=torch.tensor([[60, 80], [100, 50]]))
+    pixel = MPLUGImageProcessor(size={"height": 32, "width": 32}).post_process_grounding(
+        boxes, torch.tensor([[60, 80], [100, 50]])
+    )
     assert (pixel[:, 2] <= torch.tensor([80.0, 50.0])).all() and (pixel[:, 3] <= torch.tensor([60.0, 100.0])).all()
-    with pytest.raises(ValueError, match="labels must be boxes"):
+    with pytest.raises(ValueError, match="labels must be finite boxes"):
         model(**inputs, labels=torch.rand(3, 4))
 
 

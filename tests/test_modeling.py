@@ -16,9 +16,9 @@ def make_model(config, impl="eager"):
 def test_shapes_and_dtypes(config, inputs):
     model = make_model(config)
     out = model(**inputs)
-    assert out.image_embeds.shape == (2, 17, 32)
-    assert out.text_embeds.shape == (2, 5, 32)
-    assert out.image_hidden_state.shape == (2, 17, 32) and out.text_hidden_state.shape == (2, 5, 32)
+    assert out.image_states.shape == (2, 17, 32)
+    assert out.text_states.shape == (2, 5, 32)
+    assert out.fused_image_states.shape == (2, 17, 32) and out.fused_text_states.shape == (2, 5, 32)
     assert out.last_hidden_state.shape == (2, 22, 32)
     assert out.encoder_attention_mask.tolist()[1] == [1] * 17 + [1, 1, 1, 0, 0]
     assert out.last_hidden_state.dtype == torch.float32
@@ -63,8 +63,8 @@ def test_padding_does_not_change_results(config, inputs, impl):
             attention_mask=inputs["attention_mask"][1:, :3],
             pixel_values=inputs["pixel_values"][1:],
         )
-    torch.testing.assert_close(batched.text_hidden_state[1, :3], single.text_hidden_state[0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(batched.image_hidden_state[1], single.image_hidden_state[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched.fused_text_states[1, :3], single.fused_text_states[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched.fused_image_states[1], single.fused_image_states[0], atol=1e-5, rtol=0)
 
 
 def test_attention_mask_is_respected(config, inputs):
@@ -72,11 +72,11 @@ def test_attention_mask_is_respected(config, inputs):
     changed = inputs["input_ids"].clone()
     changed[1, 3:] = 55  # tokens under the padding mask
     with torch.no_grad():
-        a = model(**inputs).text_hidden_state[1, :3]
-        b = model(**{**inputs, "input_ids": changed}).text_hidden_state[1, :3]
+        a = model(**inputs).fused_text_states[1, :3]
+        b = model(**{**inputs, "input_ids": changed}).fused_text_states[1, :3]
         unmasked = model(**{**inputs, "input_ids": changed, "attention_mask": torch.ones_like(changed)})
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
-    assert not torch.allclose(a, unmasked.text_hidden_state[1, :3], atol=1e-3)
+    assert not torch.allclose(a, unmasked.fused_text_states[1, :3], atol=1e-3)
 
 
 def test_eager_and_sdpa_agree(config, inputs):
@@ -84,7 +84,7 @@ def test_eager_and_sdpa_agree(config, inputs):
     sdpa.load_state_dict(eager.state_dict())
     with torch.no_grad():
         a, b = eager(**inputs), sdpa(**inputs)
-    for name in ("image_embeds", "text_embeds", "image_hidden_state", "text_hidden_state"):
+    for name in ("image_states", "text_states", "fused_image_states", "fused_text_states"):
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0)
 
 
@@ -105,7 +105,11 @@ def _fusion_layer_lengths(model, inputs):
     """Run the model and report the sequence length each fusion layer processed."""
     lengths = []
     handles = [
-        layer.register_forward_hook(lambda module, args, output: lengths.append(output.shape[1]))
+        layer.register_forward_hook(
+            lambda module, args, output: lengths.append(
+                args[0].shape[1] + args[1].shape[1] if module.is_connected else args[1].shape[1]
+            )
+        )
         for layer in model.fusion_encoder.layers
     ]
     with torch.no_grad():
@@ -118,20 +122,20 @@ def _fusion_layer_lengths(model, inputs):
 def test_fusion_schedule_stride_two(inputs):
     config = tiny_config(fusion_layers=4, stride_layer=2)
     model = make_model(config)
-    assert model.fusion_encoder.connected == [False, False, True, False]
+    assert [layer.is_connected for layer in model.fusion_encoder.layers] == [False, False, True, False]
     assert [layer.cross_attn is None for layer in model.fusion_encoder.layers] == [False, False, True, False]
     lengths, out = _fusion_layer_lengths(model, inputs)
     assert lengths == [5, 5, 22, 5]  # only the connected layer runs over [V; T]
-    assert not torch.equal(out.image_hidden_state, out.image_embeds)
+    assert not torch.equal(out.fused_image_states, out.image_states)
 
 
 @pytest.mark.parametrize("stride", [4, 6])
 def test_fusion_without_connected_layer_leaves_vision_untouched(inputs, stride):
     model = make_model(tiny_config(fusion_layers=4, stride_layer=stride))
-    assert not any(model.fusion_encoder.connected)
+    assert not any(layer.is_connected for layer in model.fusion_encoder.layers)
     with torch.no_grad():
         out = model(**inputs)
-    assert torch.equal(out.image_hidden_state, out.image_embeds)
+    assert torch.equal(out.fused_image_states, out.image_states)
 
 
 def test_vision_projection_when_widths_differ(inputs):
@@ -140,15 +144,15 @@ def test_vision_projection_when_widths_differ(inputs):
     model = make_model(config)
     assert model.vision_model.projection is not None
     with torch.no_grad():
-        assert model(**inputs).image_embeds.shape == (2, 17, 32)
+        assert model(**inputs).image_states.shape == (2, 17, 32)
 
 
 def test_video_frames_are_concatenated(config, inputs):
     model = make_model(config)
     frames = torch.randn(2, 3, 3, 32, 32)
     with torch.no_grad():
-        video = model.get_image_features(frames)
-        per_frame = model.get_image_features(frames[:, 1])
+        video = model.get_image_features(frames).last_hidden_state
+        per_frame = model.get_image_features(frames[:, 1]).last_hidden_state
     assert video.shape == (2, 3 * 17, 32)
     torch.testing.assert_close(video[:, 17:34], per_frame, atol=1e-6, rtol=0)
 
@@ -174,7 +178,7 @@ def test_bad_inputs_raise_clear_errors(config, inputs):
 def test_interpolated_position_encoding(config, inputs):
     model = make_model(config)
     with torch.no_grad():
-        out = model.get_image_features(torch.randn(1, 3, 48, 48), interpolate_pos_encoding=True)
+        out = model.get_image_features(torch.randn(1, 3, 48, 48), interpolate_pos_encoding=True).last_hidden_state
     assert out.shape == (1, 37, 32)
 
 

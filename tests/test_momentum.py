@@ -21,17 +21,17 @@ def test_first_step_copies_online_weights_and_matches_the_original_formula(input
     image_ids = torch.tensor([3, 8])
     out = model(**inputs, image_ids=image_ids, return_loss=True)
     assert bool(momentum.initialized)
-    torch.testing.assert_close(momentum.vision_proj.weight, model.vision_proj.weight)
+    torch.testing.assert_close(momentum.vision_proj.weight, model.contrastive.vision_proj.weight)
     # the momentum model equals the online one at the first step, so its features are the online features
     with torch.no_grad():
-        image_feat = model.get_image_features(inputs["pixel_values"])
-        text_feat = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+        image_feat = model.get_image_features(inputs["pixel_values"]).pooler_output
+        text_feat = model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output
         image_all = torch.cat([image_feat.t(), queue_before[0]], 1)
         text_all = torch.cat([text_feat.t(), queue_before[1]], 1)
         ids_all = torch.cat([image_ids.view(1, -1), queue_before[2]], 1)
         truth = (image_ids.view(-1, 1) == ids_all).float()
         truth = truth / truth.sum(1, keepdim=True)
-        sim_i2t, sim_t2i = image_feat @ text_all / model.temp, text_feat @ image_all / model.temp
+        sim_i2t, sim_t2i = image_feat @ text_all / model.contrastive.temp, text_feat @ image_all / model.contrastive.temp
         targets_i2t = 0.4 * sim_i2t.softmax(1) + 0.6 * truth
         targets_t2i = 0.4 * sim_t2i.softmax(1) + 0.6 * truth
         expected = (
@@ -53,7 +53,7 @@ def test_momentum_weights_follow_the_ema_and_get_no_gradients(inputs):
     optimizer.step()
     before = model.momentum_encoders.text_proj.weight.clone()
     model(**inputs, return_loss=True)
-    expected = 0.9 * before + 0.1 * model.text_proj.weight
+    expected = 0.9 * before + 0.1 * model.contrastive.text_proj.weight
     torch.testing.assert_close(model.momentum_encoders.text_proj.weight, expected)
     for _ in range(3):  # the pointer wraps around the 6-slot queue
         model(**inputs, return_loss=True)

@@ -48,8 +48,8 @@ def test_answers_do_not_depend_on_the_batch_or_the_padding_side(side, attn_imple
         assert single.tolist() == row[: len(single)].tolist()
     # the short question's fused states are the same wherever its padding sits
     real = attention_mask[1].bool()
-    text_batched = memory_batched.text_hidden_state[1][real]
-    torch.testing.assert_close(text_batched, memory_alone.text_hidden_state[0], atol=1e-5, rtol=1e-5)
+    text_batched = memory_batched.fused_text_states[1][real]
+    torch.testing.assert_close(text_batched, memory_alone.fused_text_states[0], atol=1e-5, rtol=1e-5)
 
 
 def test_left_padded_caption_prompts_match_unpadded_ones():

@@ -7,6 +7,7 @@ import torch
 
 from mplug_hf import MPLUGForCaptioning, MPLUGProcessor
 from mplug_hf.evaluation.caption import CiderD
+from mplug_hf.original_generation import original_beam_search
 from mplug_hf.scst import self_critical_loss
 from tests.conftest import tiny_config
 
@@ -35,8 +36,15 @@ def test_scores_are_the_beam_scores_and_the_loss_backpropagates(model, inputs):
     out = self_critical_loss(
         model, processor, pixel_values, REFERENCES, FixedRewards(), num_beams=3, min_length=2, max_length=5
     )
-    beams = model.original_beam_search(
-        model.vision_model(pixel_values).last_hidden_state, None, None, 3, 2, 5, num_return_sequences=3
+    beams = original_beam_search(
+        model.text_decoder,
+        model.vision_model(pixel_values).last_hidden_state,
+        None,
+        None,
+        3,
+        2,
+        5,
+        num_return_sequences=3,
     )
     torch.testing.assert_close(out.scores.detach(), beams.scores, atol=1e-4, rtol=1e-4)
     assert out.rewards.tolist() == [[0, 1, 2], [0, 1, 2]] and len(out.captions[1]) == 3

@@ -58,9 +58,9 @@ def test_video_qa_encodes_concatenated_frames_and_ranks_answers_as_the_original(
     assert questions["input_ids"].tolist() == g["video.question_input_ids"].tolist()
     with torch.no_grad():
         encoded = model.mplug(pixel_values=frames, **questions)
-    close(encoded.image_embeds, g["video.image_embeds"], 1e-5)
-    close(encoded.image_hidden_state, g["video.fusion_image_output"], 1e-5)
-    close(encoded.text_hidden_state, g["video.fusion_text_output"], 1e-5)
+    close(encoded.image_states, g["video.image_embeds"], 1e-5)
+    close(encoded.fused_image_states, g["video.fusion_image_output"], 1e-5)
+    close(encoded.fused_text_states, g["video.fusion_text_output"], 1e-5)
     candidates = video_processor.encode_targets(ANSWER_LIST)
     ids, probs = model.rank_answers(
         pixel_values=frames, candidate_ids=candidates["input_ids"],
@@ -76,8 +76,8 @@ def test_video_retrieval_uses_frame_mean_features_as_the_original(ref, video_pro
     texts = video_processor.encode_text(VIDEO_CAPTIONS, max_length=35, padding="max_length")
     assert texts["input_ids"].tolist() == g["video.retrieval.text_input_ids"].tolist()
     with torch.no_grad():
-        video_embed = model.get_image_features(g["inputs.video_frames"])
-        text_embed = model.get_text_features(**texts)
+        video_embed = model.get_image_features(g["inputs.video_frames"]).pooler_output
+        text_embed = model.get_text_features(**texts).pooler_output
     close(video_embed, g["video.retrieval.video_embed"], 1e-5)
     close(text_embed, g["video.retrieval.text_embed"], 1e-5)
     close(video_embed @ text_embed.t(), g["video.retrieval.sims"], 1e-5)
@@ -295,7 +295,7 @@ def test_video_retrieval_script_scores_itm_plus_itc(tmp_path, frame_folders, mod
     texts = processor.encode_text(captions, max_length=35, padding="max_length")
     itm_i2t, itm_t2i = model.retrieve(videos, texts["input_ids"], texts["attention_mask"], k=2)
     with torch.no_grad():
-        sims = model.get_image_features(videos) @ model.get_text_features(**texts).t()
+        sims = model.get_image_features(videos).pooler_output @ model.get_text_features(**texts).pooler_output.t()
     # the original video evaluation: ITM + ITC on the top-k pairs, -100 elsewhere
     expected_i2t = torch.where(itm_i2t == -100, itm_i2t, itm_i2t + sims)
     expected_t2i = torch.where(itm_t2i == -100, itm_t2i, itm_t2i + sims.t())
@@ -316,12 +316,13 @@ def test_video_features_use_the_frame_count_at_any_resolution():
     model = MPLUGForRetrieval(tiny_config()).eval()
     frames = torch.randn(2, 3, 3, 48, 48)  # 37 tokens per frame instead of the model's 17
     with torch.no_grad():
-        tokens = model.mplug.get_image_features(frames, interpolate_pos_encoding=True)
-        features = model.project_image(tokens, num_frames=3)
+        tokens = model.mplug.get_image_features(frames, interpolate_pos_encoding=True).last_hidden_state
+        features = model.contrastive.image_features(tokens, num_frames=3)
         frame_cls = [
-            model.mplug.get_image_features(frames[:, t], interpolate_pos_encoding=True)[:, 0] for t in range(3)
+            model.mplug.get_image_features(frames[:, t], interpolate_pos_encoding=True).last_hidden_state[:, 0]
+            for t in range(3)
         ]
         expected = torch.nn.functional.normalize(
-            torch.stack([model.vision_proj(c) for c in frame_cls]).mean(0), dim=-1
+            torch.stack([model.contrastive.vision_proj(c) for c in frame_cls]).mean(0), dim=-1
         )
     torch.testing.assert_close(features, expected, atol=1e-6, rtol=0)

@@ -1,9 +1,24 @@
+# Copyright 2026 The mplug_hf Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """mPLUG model configuration."""
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.utils import auto_docstring
 
 
+@auto_docstring
 @strict
 class MPLUGVisionConfig(PreTrainedConfig):
     r"""
@@ -45,6 +60,7 @@ class MPLUGVisionConfig(PreTrainedConfig):
         return (self.image_size // self.patch_size) ** 2
 
 
+@auto_docstring
 @strict
 class MPLUGTextConfig(PreTrainedConfig):
     r"""
@@ -90,7 +106,13 @@ class MPLUGTextConfig(PreTrainedConfig):
     use_cache: bool = True
     tie_word_embeddings: bool = True
 
+    @property
+    def attention_dropout(self) -> float:
+        """The attention-probability dropout under the name every attention module reads."""
+        return self.attention_probs_dropout_prob
 
+
+@auto_docstring
 @strict
 class MPLUGConfig(PreTrainedConfig):
     r"""

@@ -450,9 +450,9 @@ TASK_PREFIXES = {
         "text_decoder": "text_decoder.",
         "heads": None,
     },
-    "retrieval": {**_ENCODER, "text_decoder": None, "heads": ""},
+    "retrieval": {**_ENCODER, "text_decoder": None, "heads": "contrastive."},
     "grounding": {**_ENCODER, "text_decoder": "text_decoder.", "heads": None},
-    "pretrain": {**_ENCODER, "text_decoder": "text_decoder.", "heads": ""},
+    "pretrain": {**_ENCODER, "text_decoder": "text_decoder.", "heads": "contrastive."},
 }
 # Original decoding settings, saved as the converted model's generation_config.json.
 TASK_GENERATION = {
@@ -607,7 +607,7 @@ def convert_checkpoint(
     report.dropped.update(momentum_report.dropped)
     model = model_class(config)
     missing, unexpected = model.load_state_dict(converted, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", {}) or {})
+    tied = set(model.get_expanded_tied_weights_keys(all_submodels=True))
     missing = [key for key in missing if key not in tied]
     if keep_momentum and not bool(momentum_state["momentum_encoders.initialized"]):
         # queues without momentum encoders: the encoders start as copies of the online ones at the first step
@@ -689,18 +689,21 @@ def verify_converted(
     if hasattr(model, "mplug") and input_ids is not None:
         encoded = model.mplug(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
         actual.update(
-            text_embeds=encoded.text_embeds,
-            fusion_image_output=encoded.image_hidden_state,
-            fusion_text_output=encoded.text_hidden_state,
+            text_embeds=encoded.text_states,
+            fusion_image_output=encoded.fused_image_states,
+            fusion_text_output=encoded.fused_text_states,
         )
         memory, memory_mask = encoded.last_hidden_state, encoded.encoder_attention_mask
-        if hasattr(model, "project_text"):
-            actual["image_feat"] = model.project_image(encoded.image_embeds)
-            actual["text_feat"] = model.project_text(encoded.text_embeds)
+        if hasattr(model, "contrastive"):
+            actual["image_feat"] = model.contrastive.image_features(encoded.image_states)
+            actual["text_feat"] = model.contrastive.text_features(encoded.text_states)
     if "decoder_input_ids" in reference and hasattr(model, "text_decoder"):
-        actual["logits"], _ = model._run_decoder(
-            reference["decoder_input_ids"], memory, memory_mask, reference.get("decoder_attention_mask")
-        )
+        actual["logits"] = model.text_decoder(
+            reference["decoder_input_ids"],
+            encoder_hidden_states=memory,
+            encoder_attention_mask=memory_mask,
+            attention_mask=reference.get("decoder_attention_mask"),
+        ).logits
     rows = []
     for name, target in expected.items():
         if name not in actual:

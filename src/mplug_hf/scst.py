@@ -7,7 +7,9 @@ import torch
 from transformers.utils import ModelOutput
 
 from .evaluation.caption import CiderD
-from .modeling_mplug import MPLUGForCaptioning, shifted_token_cross_entropy
+from .loss_mplug import answer_token_nll
+from .modeling_mplug import MPLUGForCaptioning
+from .original_generation import original_beam_search
 from .processing_mplug import MPLUGProcessor
 
 
@@ -69,8 +71,15 @@ def self_critical_loss(
     if prompt_ids is not None and prompt_ids.shape[0] == 1:
         prompt_ids = prompt_ids.expand(batch_size, -1)
     prompt_length = prompt_ids.shape[1] if prompt_ids is not None else 1
-    beams = model.original_beam_search(
-        memory.detach(), None, prompt_ids, num_beams, min_length, max_length, num_return_sequences=num_beams
+    beams = original_beam_search(
+        model.text_decoder,
+        memory.detach(),
+        None,
+        prompt_ids,
+        num_beams,
+        min_length,
+        max_length,
+        num_return_sequences=num_beams,
     )
     if bool((beams.lengths == 0).any()):
         raise ValueError("the beam search returned fewer hypotheses than num_beams; lower num_beams")
@@ -80,8 +89,8 @@ def self_critical_loss(
     mask = (positions < lengths.unsqueeze(1)).long()
     labels = sequences.masked_fill(mask == 0, -100)
     labels[:, 1:prompt_length] = -100  # the prompt is given, not generated
-    logits, _ = model._run_decoder(sequences, memory, None, decoder_attention_mask=mask)
-    log_likelihood = -shifted_token_cross_entropy(logits, labels).sum(dim=1)
+    logits = model.text_decoder(sequences, encoder_hidden_states=memory, attention_mask=mask).logits
+    log_likelihood = -answer_token_nll(logits, labels).sum(dim=1)
     generated = (lengths - prompt_length).to(log_likelihood.dtype)
     scores = (log_likelihood / ((5.0 + generated) / 6.0) ** 0.6).view(batch_size, num_beams)
 

@@ -21,10 +21,11 @@ from ..image_processing_mplug import load_image, sample_frames
 from ..io_utils import atomic_open, atomic_write_json
 from ..modeling_mplug import MPLUGForCaptioning, MPLUGForQuestionAnswering, MPLUGForRetrieval
 from ..processing_mplug import MPLUGProcessor
+from ..scoring import rerank_with_itm
 from .caption import _coco_caption_available as coco_caption_available
 from .caption import compute_caption_metrics
 from .grounding import grounding_accuracy
-from .retrieval import rerank_scores, retrieval_metrics
+from .retrieval import retrieval_metrics
 from .vqa import evaluate_vqa
 
 
@@ -428,55 +429,38 @@ def retrieval_scores(
     if len(visuals) == 0 or len(texts) == 0:
         raise ValueError("retrieval needs at least one image/video and one text")
     with torch.no_grad():
-        image_embeds = torch.cat(
-            [
-                model.mplug.get_image_features(batch["pixel_values"])
-                for batch in runner.batches(visuals, runner.pixel_values, "encoding images")
-            ]
-        )
+        image_features = [
+            model.get_image_features(batch["pixel_values"])
+            for batch in runner.batches(visuals, runner.pixel_values, "encoding images")
+        ]
 
         def encode_texts(items: list) -> dict:
             return dict(processor.encode_text(items, max_length=text_max_length, padding="max_length"))
 
         encoded_texts = list(runner.batches(texts, encode_texts, "encoding texts"))
-        text_embeds = torch.cat(
-            [model.mplug.get_text_features(batch["input_ids"], batch["attention_mask"]) for batch in encoded_texts]
-        )
+        text_features = [
+            model.get_text_features(batch["input_ids"], batch["attention_mask"]) for batch in encoded_texts
+        ]
         attention_mask = torch.cat([batch["attention_mask"] for batch in encoded_texts])
-        itc = (model.project_image(image_embeds) @ model.project_text(text_embeds).t()).float()
-        itc_numpy = itc.cpu().numpy()
-
-        def matching_scores(images: torch.Tensor, text_rows: torch.Tensor, itc_rows: torch.Tensor) -> np.ndarray:
-            scores = []
-            for start in range(0, len(images), runner.batch_size):
-                chunk = slice(start, start + runner.batch_size)
-                logits = model.itm_logits(
-                    image_embeds[images[chunk]], text_embeds[text_rows[chunk]], attention_mask[text_rows[chunk]]
-                )
-                scores.append(logits[:, 1].float())
-            scores = torch.cat(scores)
-            if add_itc_to_itm:
-                scores = scores + itc_rows
-            return scores.cpu().numpy()
-
-        def rerank(queries_are_images: bool) -> np.ndarray:
-            sims = itc_numpy if queries_are_images else itc_numpy.T
-            progress = tqdm(total=len(sims), desc="re-ranking " + ("images" if queries_are_images else "texts"))
-
-            def score(query: int, candidates: np.ndarray) -> np.ndarray:
-                candidates_tensor = torch.as_tensor(candidates, device=runner.device)
-                queries = torch.full_like(candidates_tensor, query)
-                images, text_rows = (
-                    (queries, candidates_tensor) if queries_are_images else (candidates_tensor, queries)
-                )
-                progress.update(1)
-                return matching_scores(images, text_rows, itc[images, text_rows])
-
-            reranked = rerank_scores(sims, score, k)
-            progress.close()
-            return reranked
-
-        return {"scores_i2t": rerank(True), "scores_t2i": rerank(False), "itc_i2t": itc_numpy}
+        itc = (
+            torch.cat([f.pooler_output for f in image_features])
+            @ torch.cat([f.pooler_output for f in text_features]).t()
+        )
+        scores_i2t, scores_t2i = rerank_with_itm(
+            model,
+            itc,
+            torch.cat([f.last_hidden_state for f in image_features]),
+            torch.cat([f.last_hidden_state for f in text_features]),
+            attention_mask,
+            k,
+            runner.batch_size,
+            add_itc=add_itc_to_itm,
+        )
+        return {
+            "scores_i2t": scores_i2t.float().cpu().numpy(),
+            "scores_t2i": scores_t2i.float().cpu().numpy(),
+            "itc_i2t": itc.float().cpu().numpy(),
+        }
 
 
 def ground_phrases(runner: EvaluationRunner, records: Sequence[dict], max_length: int = 20) -> torch.Tensor:
@@ -507,7 +491,8 @@ def ground_phrases(runner: EvaluationRunner, records: Sequence[dict], max_length
     boxes = []
     with torch.no_grad():
         for batch in runner.batches(records, collate, "grounding"):
-            boxes.append(runner.model.predict_boxes(**batch).float().cpu())
+            image_sizes = batch.pop("image_sizes")
+            boxes.append(runner.processor.post_process_grounding(runner.model.predict_boxes(**batch), image_sizes))
     return torch.cat(boxes)
 
 

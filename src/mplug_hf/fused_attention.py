@@ -1,0 +1,163 @@
+# Copyright 2026 The mplug_hf Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+`attn_implementation="mplug_fused"`: sdpa kernels everywhere, plus two exact shortcuts for cross-attention that only
+pay off because of mPLUG's structure. The model reaches them through one hook, [`cross_attention_shortcuts`], which
+returns `None` for every other implementation.
+
+- **Folding**: per head h, softmax(q_h·(W_k,h m + b_k,h)) = softmax((W_k,hᵀ q_h)·m) (the key bias adds one constant to
+  each query's logits) and Σ p·(W_v,h m + b_v,h) = W_v,h (Σ p·m) + b_v,h (the probabilities sum to one, so no attention
+  dropout). All heads' folded queries then attend together as one head of width `hidden` over the *unprojected*
+  memory: O(q_len·heads·kv_len·hidden) multiply-adds instead of the O(kv_len·hidden²) of projecting it.
+- **Run projection**: between connected fusion layers the image tokens are frozen, so the keys/values of a whole run
+  of co-attention layers come from one matmul, once per *image* even when several texts share it (`image_indices`).
+
+Each run of co-attention layers (and the decoder's cross-attention without a cache) takes the cheaper of the two,
+counted in multiply-adds ([`folding_is_cheaper`]).
+"""
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.modeling_utils import AttentionInterface
+
+
+FUSED_ATTENTION = "mplug_fused"
+AttentionInterface.register(FUSED_ATTENTION, sdpa_attention_forward)
+AttentionMaskInterface.register(FUSED_ATTENTION, sdpa_mask)
+
+# An override replaces one cross-attention call: (attention module, queries, memory, mask, **kwargs) -> (output, None).
+CrossAttentionOverride = Callable[..., tuple[torch.Tensor, None]]
+
+
+def folding_is_cheaper(
+    config, training: bool, num_queries: int, query_length: int, num_memories: int, memory_length: int
+) -> bool:
+    """
+    Whether folding the key/value projections into the queries costs fewer multiply-adds than projecting the memory.
+    Per layer, for B query rows of L tokens over I distinct memories of N tokens, H heads and width D: folding costs
+    B·L·H·N·D·2 (logits and weighted sums per head) + B·L·D²·2 (folding queries and outputs); projecting costs
+    I·N·D²·2 (keys and values) + B·L·N·D·2 (attention). Fold when B·L·((H−1)·N + D) < I·N·D. Never with attention
+    dropout in training: dropped probabilities no longer sum to one, which folding the value bias relies on.
+    """
+    if training and config.attention_probs_dropout_prob > 0:
+        return False
+    hidden_size, num_heads = config.hidden_size, config.num_attention_heads
+    folded_cost = num_queries * query_length * ((num_heads - 1) * memory_length + hidden_size)
+    return folded_cost < num_memories * memory_length * hidden_size
+
+
+def attend_with_folded_projections(attention, hidden_states, memory, attention_mask, **kwargs):
+    """
+    Cross-attention of `attention` (an `MPLUGAttention`) to the *unprojected* memory (see the module docstring).
+
+    Args:
+        hidden_states: `(batch, q_len, hidden)` queries. memory: `(batch, kv_len, hidden)` states attended to.
+        attention_mask: the cross-attention mask prepared for sdpa (key padding only), or None.
+    Returns:
+        `(batch, q_len, hidden)` output projection and `None` (no per-head probabilities exist on this path).
+    """
+    batch_size, query_length, hidden_size = hidden_states.shape
+    num_heads, head_dim = attention.num_heads, attention.head_dim
+    query = attention.split_heads(attention.q_proj(hidden_states))
+    key_weight = attention.k_proj.weight.view(num_heads, head_dim, hidden_size)
+    value_weight = attention.v_proj.weight.view(num_heads, head_dim, hidden_size)
+    # (batch, 1, heads * q_len, hidden): every head's queries mapped into the memory's space
+    folded_query = torch.matmul(query, key_weight).reshape(batch_size, 1, -1, hidden_size)
+    if attention_mask is not None:
+        attention_mask = attention_mask[:, :, :1]  # it masks memory padding only: one row serves every query
+    memory = memory.unsqueeze(1)
+    context, _ = sdpa_attention_forward(
+        attention, folded_query, memory, memory, attention_mask, dropout=0.0, scaling=attention.scaling, **kwargs
+    )
+    # (batch, heads, q_len, hidden) · W_v,hᵀ → (batch, heads, q_len, head_dim)
+    context = context.reshape(batch_size, num_heads, query_length, hidden_size)
+    attn_output = torch.matmul(context, value_weight.transpose(1, 2)).transpose(1, 2)
+    attn_output = attn_output + attention.v_proj.bias.view(num_heads, head_dim)
+    return attention.o_proj(attn_output.reshape(batch_size, query_length, hidden_size)), None
+
+
+def attend_to_projected(attention, hidden_states, memory, attention_mask, key, value, **kwargs):
+    """Cross-attention with keys and values projected beforehand (`(batch, heads, kv_len, head_dim)` each)."""
+    return attention.attend(hidden_states, key, value, attention_mask, **kwargs)
+
+
+def project_run_keys_values(
+    attentions: list, image_states: torch.Tensor, image_indices: torch.LongTensor | None
+) -> list[CrossAttentionOverride]:
+    """Overrides for a run of cross-attention modules whose keys/values come from one matmul over the image tokens,
+    each image projected once and then gathered per text by `image_indices`."""
+    weight = torch.cat([proj.weight for attn in attentions for proj in (attn.k_proj, attn.v_proj)])
+    bias = torch.cat([proj.bias for attn in attentions for proj in (attn.k_proj, attn.v_proj)])
+    projected = F.linear(image_states, weight, bias)
+    if image_indices is not None:
+        projected = projected.index_select(0, image_indices)
+    projected = projected.split(attentions[0].q_proj.out_features, dim=-1)
+    return [
+        partial(
+            attend_to_projected,
+            key=attn.split_heads(projected[2 * i]),
+            value=attn.split_heads(projected[2 * i + 1]),
+        )
+        for i, attn in enumerate(attentions)
+    ]
+
+
+class FusedCrossAttentionShortcuts:
+    """The fused path's decisions, asked by the fusion encoder per co-attention run and by the decoder per call."""
+
+    def co_attention_run(
+        self,
+        attentions: list,
+        config,
+        training: bool,
+        text_states: torch.Tensor,
+        image_states: torch.Tensor,
+        image_indices: torch.LongTensor | None,
+    ) -> list[CrossAttentionOverride]:
+        """
+        One override per layer of a co-attention run. `image_states` holds the distinct images (`image_indices` maps
+        each text to its image) before the first connected layer, one row per text after it.
+        """
+        num_texts, text_length = text_states.shape[:2]
+        num_images, num_image_tokens = image_states.shape[:2]
+        if folding_is_cheaper(config, training, num_texts, text_length, num_images, num_image_tokens):
+            return [attend_with_folded_projections] * len(attentions)
+        return project_run_keys_values(attentions, image_states, image_indices)
+
+    def decoder_cross_attention(
+        self, config, training: bool, query_states: torch.Tensor, memory: torch.Tensor, has_cache: bool
+    ) -> CrossAttentionOverride | None:
+        """Fold the decoder's memory projections when training or scoring short targets over a long memory; not with a
+        cache (generation projects the memory once and keeps it) nor when rows share a memory (its projection is then
+        amortised)."""
+        if has_cache or query_states.shape[0] != memory.shape[0]:
+            return None
+        if folding_is_cheaper(
+            config, training, memory.shape[0], query_states.shape[1], memory.shape[0], memory.shape[1]
+        ):
+            return attend_with_folded_projections
+        return None
+
+
+_SHORTCUTS = {FUSED_ATTENTION: FusedCrossAttentionShortcuts()}
+
+
+def cross_attention_shortcuts(config) -> FusedCrossAttentionShortcuts | None:
+    """The hook: the shortcuts of the active attention implementation, or None (eager, sdpa, flash, flex)."""
+    return _SHORTCUTS.get(config._attn_implementation)

@@ -1,0 +1,188 @@
+# Copyright 2026 The mplug_hf Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+Scoring with a trained mPLUG: closed-vocabulary answer ranking, yes/no probabilities, multiple choice and retrieval
+re-ranking. The heads' methods, the pipelines and the evaluation runner all call these functions.
+"""
+
+import torch
+
+from .loss_mplug import answer_token_nll
+
+
+def answer_log_likelihoods(decoder, memory, memory_mask, answer_ids, answer_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Teacher-forced log-likelihood of `[CLS] answer [SEP]` rows, `group` consecutive rows per memory row, in one
+    decoder pass that shares each memory row across its group.
+
+    Returns:
+        the summed log-probabilities of the tokens after `[CLS]` and their counts, both `(memory_batch, group)`.
+    """
+    labels = answer_ids.masked_fill(answer_mask == 0, -100)
+    logits = decoder(
+        answer_ids, encoder_hidden_states=memory, encoder_attention_mask=memory_mask, attention_mask=answer_mask
+    ).logits
+    token_nll = answer_token_nll(logits, labels)
+    batch_size = memory.shape[0]
+    return -token_nll.sum(dim=1).view(batch_size, -1), (labels[:, 1:] != -100).sum(dim=1).view(batch_size, -1)
+
+
+def first_token_logits(decoder, memory, memory_mask) -> torch.Tensor:
+    """`(batch, vocab_size)` logits of the first answer token after `[CLS]`."""
+    start = torch.full((memory.shape[0], 1), decoder.config.decoder_start_token_id, device=memory.device)
+    return decoder(start, encoder_hidden_states=memory, encoder_attention_mask=memory_mask).logits[:, 0]
+
+
+@torch.no_grad()
+def rank_answers(model, encoder_outputs, candidate_ids, candidate_attention_mask, k: int = 128):
+    """
+    Closed-vocabulary answering as the original `rank_answer`: the probability of each candidate's first token after
+    `[CLS]` selects the top `k` candidates; each is then scored by a teacher-forced pass,
+    log p = log p(first token) − Σ token CE (the original counts the first token in both terms); the result is the
+    softmax over the `k` scores, sorted.
+
+    Args:
+        model: an [`MPLUGForQuestionAnswering`]. encoder_outputs: its encoder's output for the questions.
+        candidate_ids, candidate_attention_mask: `(num_candidates, c_len)` candidates as `[CLS] answer [SEP]`.
+        k: candidates re-scored per question (1 ≤ k ≤ num_candidates).
+    Returns:
+        `(topk_ids, topk_probs)`, each `(batch, k)`: indices into the candidate list, best first.
+    """
+    num_candidates = candidate_ids.shape[0] if candidate_ids is not None else 0
+    if num_candidates == 0:
+        raise ValueError("the candidate answer list is empty")
+    if not 1 <= k <= num_candidates:
+        raise ValueError(f"k={k} must be between 1 and the number of candidates ({num_candidates})")
+    if candidate_ids.ndim != 2 or candidate_ids.shape[1] < 2:
+        raise ValueError("candidate_ids must be (num_candidates, length >= 2): [CLS] answer [SEP]")
+    if candidate_attention_mask is None or candidate_attention_mask.shape != candidate_ids.shape:
+        raise ValueError(
+            f"candidate_attention_mask must have the shape of candidate_ids {tuple(candidate_ids.shape)}, got "
+            f"{None if candidate_attention_mask is None else tuple(candidate_attention_mask.shape)}"
+        )
+    decoder = model.text_decoder
+    memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
+    first_probs = first_token_logits(decoder, memory, memory_mask).float().softmax(dim=-1)
+    topk_probs, topk_ids = first_probs.index_select(1, candidate_ids[:, 1]).topk(k, dim=1)
+    chosen_ids = candidate_ids.index_select(0, topk_ids.view(-1))
+    chosen_mask = candidate_attention_mask.index_select(0, topk_ids.view(-1))
+    answer_log_likelihood, _ = answer_log_likelihoods(decoder, memory, memory_mask, chosen_ids, chosen_mask)
+    probs = (topk_probs.log() + answer_log_likelihood).softmax(dim=1)
+    order = probs.argsort(dim=1, descending=True)
+    return topk_ids.gather(1, order), probs.gather(1, order)
+
+
+@torch.no_grad()
+def score_yes_no(model, encoder_outputs, yes_token_id: int, no_token_id: int, full_sequence: bool = False):
+    """
+    P(yes) of yes/no questions (the text-to-image judges' score). With `full_sequence=False` the first answer token
+    decides: softmax of its logits restricted to {yes, no}; with `full_sequence=True` the likelihoods of the whole
+    answers `[CLS] yes [SEP]` and `[CLS] no [SEP]` (the [SEP] term counts too, as when the original ranks answers).
+
+    Returns:
+        `(num_questions,)` probabilities of "yes".
+    """
+    vocab_size = model.config.text_config.vocab_size
+    for name, token_id in (("yes_token_id", yes_token_id), ("no_token_id", no_token_id)):
+        if not isinstance(token_id, int) or not 0 <= token_id < vocab_size:
+            raise ValueError(f"{name} must be a token id in [0, {vocab_size}), got {token_id!r}")
+    decoder = model.text_decoder
+    memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
+    if not full_sequence:
+        logits = first_token_logits(decoder, memory, memory_mask)
+        return logits[:, [yes_token_id, no_token_id]].float().softmax(dim=-1)[:, 0]
+    cls_id, sep_id = model.config.decoder_start_token_id, model.config.eos_token_id
+    answers = torch.tensor([[cls_id, yes_token_id, sep_id], [cls_id, no_token_id, sep_id]], device=memory.device)
+    answers = answers.repeat(memory.shape[0], 1)
+    log_likelihood, _ = answer_log_likelihoods(decoder, memory, memory_mask, answers, torch.ones_like(answers))
+    return log_likelihood.softmax(dim=-1)[:, 0]
+
+
+@torch.no_grad()
+def choose(model, encoder_outputs, choice_ids, choice_attention_mask, length_normalize: bool = False):
+    """
+    Multiple choice by answer likelihood: every option of every question is scored in one decoder pass over the
+    question's shared memory. The score is log p(`[CLS] option [SEP]`) summed over its tokens, or with
+    `length_normalize` the mean per token. Padding options (all-zero mask rows) are never chosen.
+
+    Args:
+        choice_ids, choice_attention_mask: `(num_questions, num_choices, c_len)` options as `[CLS] option [SEP]`.
+    Returns:
+        `(choice, scores)`: `(num_questions,)` best option and `(num_questions, num_choices)` scores (-inf: padding).
+    """
+    num_questions = encoder_outputs.last_hidden_state.shape[0]
+    if choice_ids.ndim != 3 or choice_ids.shape[0] != num_questions:
+        raise ValueError(
+            f"choice_ids must be (num_questions={num_questions}, num_choices, length), got {tuple(choice_ids.shape)}"
+        )
+    if choice_attention_mask is None or choice_attention_mask.shape != choice_ids.shape:
+        raise ValueError(f"choice_attention_mask must have the shape of choice_ids {tuple(choice_ids.shape)}")
+    present = choice_attention_mask.sum(dim=-1) > 0
+    if not bool(present.any(dim=1).all()):
+        raise ValueError("every question needs at least one non-empty option")
+    log_likelihood, lengths = answer_log_likelihoods(
+        model.text_decoder,
+        encoder_outputs.last_hidden_state,
+        encoder_outputs.encoder_attention_mask,
+        choice_ids.flatten(0, 1),
+        choice_attention_mask.flatten(0, 1),
+    )
+    scores = log_likelihood / lengths.clamp(min=1) if length_normalize else log_likelihood
+    scores = scores.masked_fill(~present, float("-inf"))
+    return scores.argmax(dim=1), scores
+
+
+@torch.no_grad()
+def rerank_with_itm(
+    model, similarities, image_tokens, text_states, text_mask, k: int, batch_size: int, add_itc: bool = False
+):
+    """
+    The original retrieval evaluation, both directions: ITC `similarities` `(num_images, num_texts)` select the top
+    `k` texts per image (and images per text); those pairs get the raw ITM match logit (+ the similarity with
+    `add_itc`, the original's video retrieval score), the rest -100.
+
+    Args:
+        model: an [`MPLUGForRetrieval`]. image_tokens: `(num_images, tokens, hidden)` visual encoder outputs.
+        text_states, text_mask: `(num_texts, length, hidden)` text encoder outputs and their mask.
+    Returns:
+        `(scores_i2t (num_images, num_texts), scores_t2i (num_texts, num_images))`.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    def match_logits(images, texts, mask):
+        fused = model.mplug(image_states=images, text_states=texts, attention_mask=mask)
+        return model.contrastive.itm_head(fused.fused_text_states[:, 0])[:, 1]
+
+    def one_direction(sims, images_are_queries):
+        top_k = min(k, sims.shape[1])
+        scores = torch.full_like(sims, -100.0)
+        for query in range(sims.shape[0]):
+            top = sims[query].topk(top_k).indices
+            logits = []
+            for chunk in top.split(batch_size):
+                if images_are_queries:
+                    images = image_tokens[query : query + 1].expand(len(chunk), -1, -1)
+                    texts, mask = text_states[chunk], text_mask[chunk]
+                else:
+                    images = image_tokens[chunk]
+                    texts = text_states[query : query + 1].expand(len(chunk), -1, -1)
+                    mask = text_mask[query : query + 1].expand(len(chunk), -1)
+                logits.append(match_logits(images, texts, mask))
+            scores[query, top] = torch.cat(logits).to(scores.dtype) + (sims[query, top] if add_itc else 0)
+        return scores
+
+    return one_direction(similarities, True), one_direction(similarities.t(), False)

@@ -1,0 +1,83 @@
+# Copyright 2026 The mplug_hf Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Checks at the model's boundary: every public forward names the problem with its inputs instead of failing deep
+inside torch (or returning a wrong answer)."""
+
+import torch
+from torch import nn
+from transformers.utils import TransformersKwargs
+
+from .configuration_mplug import MPLUGTextConfig, MPLUGVisionConfig
+
+
+# Keyword arguments every forward accepts besides its own: transformers' shared ones (output capture, attention
+# backends). Anything else is a typo or a removed argument and raises instead of being ignored.
+SHARED_FORWARD_KWARGS = frozenset(TransformersKwargs.__annotations__)
+
+
+def check_forward_kwargs(kwargs: dict, owner: nn.Module) -> None:
+    """Raise a TypeError for keyword arguments `owner.forward` does not know. BERT tokenizers' `token_type_ids` are
+    accepted (and dropped) when all zero, the only token type mPLUG has."""
+    token_type_ids = kwargs.pop("token_type_ids", None)
+    if token_type_ids is not None and bool(torch.as_tensor(token_type_ids).ne(0).any()):
+        raise ValueError("mPLUG has a single token type: token_type_ids must be all zeros (or left out)")
+    unknown = sorted(set(kwargs) - SHARED_FORWARD_KWARGS)
+    if unknown:
+        raise TypeError(f"{type(owner).__name__}.forward() got unexpected keyword arguments: {', '.join(unknown)}")
+
+
+def validate_pixel_values(pixel_values: torch.Tensor | None, config: MPLUGVisionConfig, interpolate: bool) -> None:
+    """Raise a ValueError naming the problem when `pixel_values` cannot be an image (or video) batch."""
+    if pixel_values is None:
+        raise ValueError("pixel_values is required (batch, channels, height, width) or (batch, frames, C, H, W)")
+    if not torch.is_tensor(pixel_values) or not pixel_values.is_floating_point():
+        raise ValueError(
+            f"pixel_values must be a float tensor, got {getattr(pixel_values, 'dtype', type(pixel_values))}"
+        )
+    if pixel_values.ndim not in (4, 5) or pixel_values.shape[-3] != config.num_channels or pixel_values.shape[0] == 0:
+        raise ValueError(
+            f"pixel_values must have shape (batch >= 1, {config.num_channels}, H, W) or (batch, frames, "
+            f"{config.num_channels}, H, W), got {tuple(pixel_values.shape)}"
+        )
+    height, width = pixel_values.shape[-2:]
+    if not interpolate and (height, width) != (config.image_size, config.image_size):
+        raise ValueError(
+            f"pixel_values are {height}x{width} but the model expects {config.image_size}x{config.image_size}; "
+            "resize with the processor, or pass interpolate_pos_encoding=True"
+        )
+    if interpolate and (height % config.patch_size or width % config.patch_size or height != width):
+        raise ValueError(
+            f"interpolated pixel_values must be square multiples of {config.patch_size}, got {height}x{width}"
+        )
+
+
+def validate_text_inputs(
+    input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, config: MPLUGTextConfig, name="input_ids"
+) -> None:
+    """Raise a ValueError naming the problem when `input_ids` / `attention_mask` cannot be a text batch."""
+    if input_ids is None:
+        raise ValueError(f"{name} (the tokenized text) is required")
+    if not torch.is_tensor(input_ids) or input_ids.is_floating_point() or input_ids.is_complex():
+        raise ValueError(f"{name} must be an integer tensor, got {getattr(input_ids, 'dtype', type(input_ids))}")
+    if input_ids.ndim != 2 or 0 in input_ids.shape:
+        raise ValueError(f"{name} must be (batch >= 1, length >= 1), got shape {tuple(input_ids.shape)}")
+    if bool((input_ids < 0).any()) or bool((input_ids >= config.vocab_size).any()):
+        raise ValueError(
+            f"{name} holds ids outside the vocabulary [0, {config.vocab_size}): min {int(input_ids.min())}, "
+            f"max {int(input_ids.max())}"
+        )
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} does not match {name} {tuple(input_ids.shape)}"
+        )
