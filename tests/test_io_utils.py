@@ -72,9 +72,7 @@ def test_a_killed_writer_leaves_the_old_content(tmp_path, kind):
     else:
         target.mkdir()
         (target / "weights.bin").write_text("old")
-    process = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(target), kind], stdout=subprocess.PIPE, text=True
-    )
+    process = subprocess.Popen([sys.executable, "-c", WRITER, str(target), kind], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().strip() == "writing"
         time.sleep(0.1)

@@ -1,5 +1,6 @@
-"""examples/judge_t2i.py: rows equal the model's batched judging API, and an interrupted run resumed later writes
-the same file as an uninterrupted one (no duplicate or lost rows)."""
+"""examples/judge_t2i.py: rows equal the model's batched judging API; an interrupted run resumed later writes
+the same file as an uninterrupted one (no duplicate or lost rows); foreign output files, duplicate ids and malformed
+lines are refused (naming file and line) before the model loads; edited input rows are judged again on resume."""
 
 import importlib.util
 import json
@@ -90,3 +91,93 @@ def test_bad_input_lines_are_named(workspace):
         load_script().main(
             ["--model", str(workspace / "model"), "--data", str(workspace / "bad.jsonl"), "--output", "x.jsonl"]
         )
+
+
+def test_malformed_and_duplicate_input_lines_are_named_before_the_model_loads(workspace):
+    good = json.dumps({"id": "a", "image": "red.png", "questions": ["is it red?"]})
+    cases = {
+        "broken.jsonl": (
+            good + "\n" + '{"id": "b", "image": "red.png", "questions": ["x?"\n',
+            "broken.jsonl:2: not valid JSON",
+        ),
+        "dup.jsonl": (good + "\n\n" + good + "\n", r"dup.jsonl:3: duplicate id 'a' \(first on line 1\)"),
+        "list.jsonl": ("[1, 2]\n", "list.jsonl:1: each line must be a JSON object"),
+        "noimage.jsonl": (json.dumps({"image": "missing.png", "questions": ["q?"]}) + "\n", "noimage.jsonl:1: image"),
+        "choices.jsonl": (
+            json.dumps({"image": "red.png", "questions": ["q?"], "choices": [[]]}) + "\n",
+            "choices.jsonl:1: each entry of 'choices'",
+        ),
+    }
+    for name, (text, message) in cases.items():
+        (workspace / name).write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_script().main(
+                [
+                    "--model", str(workspace / "no-model-here"),  # never loaded: the input is checked first
+                    "--data", str(workspace / name),
+                    "--output", str(workspace / "out.jsonl"),
+                    "--image-root", str(workspace),
+                ]
+            )  # fmt: skip
+        assert not (workspace / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["# my notes\n\nimportant text\n", '{"id": 1, "note": "a JSONL file of something else"}\n', "", b"\xff\xfe\x00"],
+)
+def test_a_foreign_output_file_is_refused_and_left_untouched(workspace, content):
+    script = load_script()
+    output = workspace / "notes.md"
+    if isinstance(content, bytes):
+        output.write_bytes(content)
+    else:
+        output.write_text(content)
+    before = output.read_bytes()
+    if content == "":  # an empty file holds no data: it is used
+        run(script, workspace, output)
+        assert len(read_rows(output)) == 6
+        return
+    with pytest.raises(ValueError, match="not this script's JSONL.*left untouched"):
+        run(script, workspace, output)
+    assert output.read_bytes() == before
+
+
+def test_edited_input_rows_are_judged_again_on_resume(workspace, capsys):
+    script = load_script()
+    output = workspace / "out.jsonl"
+    run(script, workspace, output)
+    first = read_rows(output)
+    lines = [json.loads(line) for line in (workspace / "data.jsonl").read_text().splitlines()]
+    lines[0]["questions"][0] = "is the image green?"
+    lines[2]["image"] = "red.png"  # same questions, another image
+    (workspace / "data.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run(script, workspace, output)
+    assert "3 question(s) changed" in capsys.readouterr().err
+    rows = read_rows(output)
+    fresh = read_rows(run(script, workspace, workspace / "fresh.jsonl"))
+    assert_rows_equal(rows, fresh)
+    assert rows[0]["question"] == "is the image green?" and rows[0]["input_hash"] != first[0]["input_hash"]
+    assert rows[2:4] == first[2:4]  # unchanged rows are kept as they were
+
+
+def test_an_exception_while_judging_keeps_every_finished_row(workspace, monkeypatch):
+    script = load_script()
+    output = workspace / "out.jsonl"
+    calls = []
+    original = script.Judge.__call__
+
+    def failing(self, questions, image_root=None):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("injected")
+        return original(self, questions, image_root)
+
+    monkeypatch.setattr(script.Judge, "__call__", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        run(script, workspace, output)
+    assert len(read_rows(output)) == 2 and output.read_text().endswith("\n")
+    assert [name for name in workspace.iterdir() if name.name.endswith(".tmp")] == []
+    monkeypatch.setattr(script.Judge, "__call__", original)
+    expected = read_rows(run(script, workspace, workspace / "full.jsonl"))
+    assert_rows_equal(read_rows(run(script, workspace, output)), expected)
