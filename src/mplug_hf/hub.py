@@ -238,9 +238,8 @@ boxes = model.predict_boxes(
     input_ids=query["input_ids"],
     attention_mask=query["attention_mask"],
     pixel_values=image["pixel_values"],
-    image_sizes=image["image_sizes"],
 )
-print(boxes)  # (x1, y1, x2, y2) in pixels"""
+print(processor.post_process_grounding(boxes, image["image_sizes"]))  # (x1, y1, x2, y2) in pixels"""
 PRETRAIN_USAGE = """from mplug_hf import MPLUGModel, MPLUGProcessor
 
 model = MPLUGModel.from_pretrained("{repo_id}")

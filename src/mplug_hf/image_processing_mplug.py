@@ -16,7 +16,6 @@
 import io
 import os
 import re
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np

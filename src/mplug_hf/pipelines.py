@@ -347,9 +347,8 @@ class VisualGroundingPipeline(Pipeline):
             input_ids=model_inputs["input_ids"],
             pixel_values=model_inputs["pixel_values"],
             attention_mask=model_inputs["attention_mask"],
-            image_sizes=model_inputs["image_sizes"],
         )
-        return {"boxes": boxes}
+        return {"boxes": self.processor.post_process_grounding(boxes, model_inputs["image_sizes"])}
 
     def postprocess(self, model_outputs):
         xmin, ymin, xmax, ymax = model_outputs["boxes"][0].tolist()

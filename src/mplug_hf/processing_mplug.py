@@ -1,14 +1,28 @@
+# Copyright 2026 The mplug_hf Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """Processor for mPLUG: image processor + bert-base-uncased WordPiece tokenizer."""
 
 import os
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import BertTokenizer
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
-from transformers.utils import logging
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.utils import auto_docstring, logging
 
-from .image_processing_mplug import MPLUGImageProcessor
+from .image_processing_mplug import MPLUGImageProcessor, MPLUGImageProcessorKwargs
 
 
 logger = logging.get_logger(__name__)
@@ -22,8 +36,30 @@ def default_tokenizer(vocab_file: str = VOCAB_FILE) -> BertTokenizer:
     return BertTokenizer(vocab=vocab_file, do_lower_case=True, model_max_length=512)
 
 
-class MPLUGProcessor(ProcessorMixin):
-    r"""
+class MPLUGProcessorKwargs(ProcessingKwargs, total=False):
+    images_kwargs: MPLUGImageProcessorKwargs
+
+
+# Text options the original-convention encoding cannot honour: refused instead of silently ignored.
+_UNSUPPORTED_TEXT_KWARGS = {
+    "text_pair": "mPLUG encodes single texts",
+    "text_pair_target": "mPLUG encodes single texts",
+    "text_target": "build decoder targets with processor.encode_targets(texts), which ends them with [SEP] and marks "
+    "padding -100 in `labels`",
+    "stride": "overflowing windows are not produced",
+    "is_split_into_words": "pass the text as a string",
+    "return_overflowing_tokens": "overflowing windows are not produced",
+    "return_special_tokens_mask": "not produced by mPLUG's encoding",
+    "return_offsets_mapping": "not produced by mPLUG's encoding",
+    "return_length": "not produced by mPLUG's encoding",
+    "return_mm_token_type_ids": "mPLUG has no multimodal placeholder tokens",
+    "return_text_replacement_offsets": "mPLUG has no multimodal placeholder tokens",
+    "sanitize_control_tokens": "mPLUG has no multimodal placeholder tokens",
+}
+
+
+@auto_docstring(
+    custom_intro="""
     Wraps [`MPLUGImageProcessor`] and a bert-base-uncased tokenizer.
 
     **Tokenization convention.** The original mPLUG tokenizer builds a single text as `[CLS] text` *without* a
@@ -33,13 +69,22 @@ class MPLUGProcessor(ProcessorMixin):
     Decoder targets (answers, captions) are always `[CLS] text [SEP]` (see [`~MPLUGProcessor.encode_targets`]); as in
     the original, a target longer than `max_length` loses its `[SEP]`.
 
-    Args:
-        image_processor ([`MPLUGImageProcessor`]): the image transform.
-        tokenizer ([`BertTokenizer`]): the WordPiece tokenizer.
-        text_convention (`str`): `"original"` or `"bert"` (see above).
+    Keyword arguments follow transformers' processor conventions: `text_kwargs={...}` / `images_kwargs={...}` or flat
+    keywords routed to the modality that takes them (`max_length`, `padding` → text; `mode`, `size`, `image_mean`, … →
+    images); a keyword given both ways raises, one that no modality takes is ignored with a warning (as transformers'
+    pipelines pass their generation keywords along).
     """
+)
+class MPLUGProcessor(ProcessorMixin):
+    valid_processor_kwargs = MPLUGProcessorKwargs
+    text_kwargs = {"padding": "longest", "return_tensors": "pt"}
+    images_kwargs = {"return_tensors": "pt"}
 
     def __init__(self, image_processor=None, tokenizer=None, text_convention: str = "original", **kwargs):
+        r"""
+        text_convention (`str`, *optional*, defaults to `"original"`):
+            `"original"` (`[CLS] text`, as the released weights were trained) or `"bert"` (`[CLS] text [SEP]`).
+        """
         if text_convention not in ("original", "bert"):
             raise ValueError(f"text_convention must be 'original' or 'bert', got {text_convention!r}")
         image_processor = image_processor if image_processor is not None else MPLUGImageProcessor()
@@ -59,17 +104,34 @@ class MPLUGProcessor(ProcessorMixin):
                 raise ValueError("text is empty (or whitespace only); give a question, caption or query")
         return list(texts)
 
-    def _encode(self, texts: list[str], max_length: int | None, append_sep: bool, padding) -> BatchFeature:
+    def _encode(
+        self,
+        texts: list[str],
+        max_length: int | None,
+        append_sep: bool,
+        padding="longest",
+        truncation=None,
+        add_special_tokens: bool | None = None,
+        pad_to_multiple_of: int | None = None,
+        padding_side: str | None = None,
+        return_attention_mask: bool | None = None,
+        return_token_type_ids: bool | None = None,
+        return_tensors="pt",
+        **unused,
+    ) -> BatchFeature:
         """`[CLS] pieces ([SEP])`, truncated to `max_length` the original way (the [SEP] is cut first), padded."""
+        for key, value in unused.items():
+            if key in _UNSUPPORTED_TEXT_KWARGS and value not in (None, False):
+                raise ValueError(f"{key} is not supported by MPLUGProcessor: {_UNSUPPORTED_TEXT_KWARGS[key]}")
         tokenizer = self.tokenizer
+        truncate = truncation not in (False, "do_not_truncate")
         limit = max_length if max_length is not None else tokenizer.model_max_length
         rows = []
         for text in texts:
-            pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
-            if append_sep:
-                pieces = pieces + [tokenizer.sep_token_id]
-            row = [tokenizer.cls_token_id] + pieces
-            if len(row) > limit:
+            row = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if add_special_tokens is not False:
+                row = [tokenizer.cls_token_id] + row + ([tokenizer.sep_token_id] if append_sep else [])
+            if truncate and len(row) > limit:
                 if max_length is None:
                     logger.warning(
                         f"text of {len(row)} tokens is longer than the model's {limit}: truncated (pass max_length "
@@ -81,15 +143,22 @@ class MPLUGProcessor(ProcessorMixin):
             {"input_ids": rows},
             padding=padding,
             max_length=max_length,
+            pad_to_multiple_of=pad_to_multiple_of,
+            padding_side=padding_side,
             return_attention_mask=True,
-            return_tensors="pt",
+            return_tensors=return_tensors,
         )
-        return BatchFeature({"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"]})
+        data = {"input_ids": padded["input_ids"]}
+        if return_attention_mask is not False:
+            data["attention_mask"] = padded["attention_mask"]
+        if return_token_type_ids:
+            data["token_type_ids"] = [[0] * len(row) for row in padded["input_ids"]]
+        return BatchFeature(data, tensor_type=return_tensors)
 
-    def encode_text(self, text, max_length: int | None = None, padding="longest") -> BatchFeature:
+    def encode_text(self, text, max_length: int | None = None, padding="longest", **kwargs) -> BatchFeature:
         """Encode questions / queries / retrieval texts with the processor's convention."""
         texts = self._validate_texts(text)
-        return self._encode(texts, max_length, append_sep=self.text_convention == "bert", padding=padding)
+        return self._encode(texts, max_length, append_sep=self.text_convention == "bert", padding=padding, **kwargs)
 
     def encode_targets(self, text, max_length: int | None = None, padding="longest") -> BatchFeature:
         """
@@ -100,45 +169,57 @@ class MPLUGProcessor(ProcessorMixin):
         encoded["labels"] = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
         return encoded
 
+    @auto_docstring
     def __call__(
         self,
         images=None,
-        text=None,
-        max_length: int | None = None,
-        padding="longest",
-        mode: str = "default",
-        return_tensors: str | None = "pt",
-        **kwargs,
+        text: str | list[str] | None = None,
+        **kwargs: Unpack[MPLUGProcessorKwargs],
     ) -> BatchFeature:
-        """
-        Args:
-            images: image(s) or video(s) for [`MPLUGImageProcessor`].
-            text: a string or list of strings (questions, queries, texts to score). `""` means no text (captioning):
-                `input_ids` is then the `[CLS]` decoder start alone.
-            max_length: truncate texts to this many tokens.
-            mode: image transform, `"default"` or `"grounding"`.
+        r"""
+        images: image(s) or video(s) for [`MPLUGImageProcessor`] (PIL images, paths, URLs, arrays, tensors; a list of
+            frame lists for videos).
+        text: a string or list of strings (questions, queries, texts to score). `""` means no text (captioning):
+            `input_ids` is then the `[CLS]` decoder start alone.
+
         Returns:
-            `pixel_values`, `input_ids`, `attention_mask` (each when given).
+            [`BatchFeature`]: `pixel_values` (grounding: and `image_sizes`), `input_ids`, `attention_mask` (each when
+            given); PyTorch tensors unless `return_tensors` says otherwise.
         """
         if images is None and text is None:
             raise ValueError("give images, text or both")
+        try:
+            output_kwargs = self._merge_kwargs(
+                MPLUGProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs, **kwargs
+            )
+        except StrictDataclassError as error:
+            raise ValueError(f"invalid processor argument: {error}") from error
+        text_kwargs, images_kwargs = output_kwargs["text_kwargs"], output_kwargs["images_kwargs"]
+        return_tensors = text_kwargs.get("return_tensors") if text is not None else images_kwargs.get("return_tensors")
         data = {}
         if images is not None:
-            data.update(self.image_processor(images, mode=mode, return_tensors="pt"))
+            data.update(self.image_processor(images, **images_kwargs))
+        num_images = len(data["pixel_values"]) if images is not None else None
         captioning_prompt = text == "" or (isinstance(text, (list, tuple)) and text and all(t == "" for t in text))
         if text is not None and not captioning_prompt:
-            data.update(self.encode_text(text, max_length=max_length, padding=padding))
-            if images is not None and data["pixel_values"].shape[0] != data["input_ids"].shape[0]:
-                raise ValueError(
-                    f"batch size mismatch: {data['pixel_values'].shape[0]} images but {data['input_ids'].shape[0]} texts"
-                )
+            text_kwargs = {**text_kwargs, "return_tensors": None}
+            encoded = self.encode_text(text, **text_kwargs)
+            if num_images is not None and num_images != len(encoded["input_ids"]):
+                raise ValueError(f"batch size mismatch: {num_images} images but {len(encoded['input_ids'])} texts")
+            data.update(encoded)
         elif captioning_prompt:
             # The empty prompt is the decoder start alone, so generate() captions from [CLS] and the image-text-to-text
             # pipeline, which reads input_ids, takes text="".
-            prompts = [text] if isinstance(text, str) else text
-            count = data["pixel_values"].shape[0] if images is not None else len(prompts)
-            data["input_ids"] = torch.full((count, 1), self.tokenizer.cls_token_id, dtype=torch.long)
+            count = num_images if num_images is not None else (1 if isinstance(text, str) else len(text))
+            data["input_ids"] = [[self.tokenizer.cls_token_id] for _ in range(count)]
         return BatchFeature(data, tensor_type=return_tensors)
+
+    def post_process_grounding(self, pred_boxes, image_sizes=None) -> torch.Tensor:
+        """
+        Pixel (x1, y1, x2, y2) boxes of the input images from [`MPLUGForGrounding.predict_boxes`]' normalised
+        (cx, cy, w, h) on the padded square; see [`MPLUGImageProcessor.post_process_grounding`].
+        """
+        return self.image_processor.post_process_grounding(pred_boxes, image_sizes)
 
     def batch_decode(self, sequences, skip_special_tokens: bool = True, **kwargs) -> list[str]:
         if torch.is_tensor(sequences):
