@@ -35,7 +35,7 @@ def parse_args(argv=None):
     parser.add_argument("--vqa-model", default="mplug", choices=["mplug"], help="accepted for compatibility")
     parser.add_argument("--official", action="store_true", help="reproduce the official script's numbers exactly")
     parser.add_argument("--score", choices=["string", "p_yes"], default="string")
-    parser.add_argument("--batch-images", type=int, default=8, help="grid images per batch")
+    parser.add_argument("--batch-images", type=int, default=1, help="grids per batch (raise it on big GPUs)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is available")
     parser.add_argument("--threads", type=int, help="torch CPU threads per process")

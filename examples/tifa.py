@@ -29,7 +29,7 @@ def parse_args(argv=None):
     parser.add_argument("--id2img-path", required=True, help="JSON map caption id -> image path")
     parser.add_argument("--output", required=True, help="result JSON")
     parser.add_argument("--sbert", help="sentence-transformers model folder: TIFA's free-form + embedding rule")
-    parser.add_argument("--batch-images", type=int, default=8, help="images per batch")
+    parser.add_argument("--batch-images", type=int, default=4, help="images per batch (all their questions)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is available")
     parser.add_argument("--threads", type=int, help="torch CPU threads per process")

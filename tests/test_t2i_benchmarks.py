@@ -353,8 +353,8 @@ TIFA_QUESTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tifa_workspace(workspace):
+def build_tifa_workspace(workspace: Path) -> Path:
+    """TIFA question-answer JSON, id -> image map (one broken image) and a tiny random sentence-embedding model."""
     root = workspace / "tifa"
     (root / "images").mkdir(parents=True)
     pairs = [{"id": c, "caption": f"caption {c}", "question": q, "choices": ch, "answer": a, "element_type": t,
@@ -373,6 +373,11 @@ def tifa_workspace(workspace):
                          intermediate_size=32)).save_pretrained(root / "sbert")  # fmt: skip
     MPLUGProcessor().tokenizer.save_pretrained(root / "sbert")
     return root
+
+
+@pytest.fixture(scope="module")
+def tifa_workspace(workspace):
+    return build_tifa_workspace(workspace)
 
 
 def run_tifa(workspace, root, output, *extra):
@@ -450,3 +455,11 @@ def test_dpg_benchmark_row_runs_and_both_sides_answer_alike():
     (result,) = dpg_scoring(config, settings)
     assert [row.speedup for row in result.rows][0] == 1.0 and len(result.rows) == 2
     assert "answer strings equal: 24/24" in result.notes[0]
+
+
+if __name__ == "__main__":
+    # python -m tests.test_t2i_benchmarks FOLDER: the synthetic benchmarks and tiny judge, to run the scripts by hand
+    folder = Path(sys.argv[1])
+    folder.mkdir(parents=True, exist_ok=False)
+    build_tifa_workspace(build_workspace(folder))
+    print(f"synthetic DPG-Bench and TIFA inputs and a tiny judge in {folder}")
