@@ -425,15 +425,27 @@ class MPLUGImageProcessor(PilBackend):
         input_data_format: str | ChannelDimension | None = None,
         **kwargs,
     ) -> np.ndarray:
-        """One raw image (PIL, path, URL, array, tensor) → channels-first uint8 RGB array."""
+        """One raw image (PIL, path, URL, array, tensor) → channels-first uint8 array: RGB, or with
+        `do_convert_rgb=False` the image's own channels (as transformers' PIL backend keeps them)."""
         image = to_pil_image(image, input_data_format)
         if do_convert_rgb:
             image = _pil_to_rgb(image)
-        elif image.mode != "RGB":
-            raise ValueError(
-                f"with do_convert_rgb=False the images must already be 8-bit RGB, got a mode {image.mode} image"
-            )
-        return np.asarray(image).transpose(2, 0, 1)
+        elif image.mode in _HIGH_DEPTH_MODES:
+            image = _high_depth_to_8_bit(image)
+        array = np.asarray(image)
+        if array.ndim == 2:
+            array = array[..., None]
+        return array.transpose(2, 0, 1)
+
+    def _standardize_kwargs(self, grounding_image_mean=None, grounding_image_std=None, **kwargs) -> dict:
+        kwargs = super()._standardize_kwargs(**kwargs)
+        kwargs["grounding_image_mean"] = (
+            tuple(grounding_image_mean) if isinstance(grounding_image_mean, list) else grounding_image_mean
+        )
+        kwargs["grounding_image_std"] = (
+            tuple(grounding_image_std) if isinstance(grounding_image_std, list) else grounding_image_std
+        )
+        return kwargs
 
     def _batch_structure(self, images) -> tuple[list, bool]:
         """The batch as a list of images, or of videos (lists of frames) when every item is a list."""
