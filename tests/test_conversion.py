@@ -10,6 +10,7 @@ from mplug_hf import MPLUGProcessor
 from mplug_hf.convert_original import (
     CheckpointConversionError,
     convert_checkpoint,
+    detect_tasks,
     load_original_checkpoint,
     main,
     strip_pretraining_infixes,
@@ -123,7 +124,7 @@ def test_caption_parity(ref):
         expected = [t for t in g["caption.png.best_sequence"][item].tolist() if t >= 0]
         assert png.sequences[item, 0, : len(expected)].tolist() == expected
     close(png.scores[:, 0], g["caption.png.best_score"], 1e-4)
-    assert model.generation_config.num_beams == 5 and model.generation_config.max_length == 25
+    assert model.generation_config.num_beams == 5 and model.generation_config.max_new_tokens == 25
 
 
 def test_retrieval_parity(ref):
@@ -306,6 +307,13 @@ def test_verify_mode_compares_with_reference_tensors(ref, tmp_path, capsys):
     with pytest.raises(SystemExit, match="text_embeds"):
         main([str(reference_dir / "checkpoints" / "mplug_vqa.pth"), str(tmp_path / "bad"), "--task", "vqa",
               "--config-bert", bert, "--verify", str(tmp_path / "bad.safetensors")])  # fmt: skip
+    # a failed verification writes nothing: the folder never appears, and an existing one is left as it was
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit, match="nothing was written"):
+        main([str(reference_dir / "checkpoints" / "mplug_vqa.pth"), str(tmp_path / "vqa"), "--task", "vqa",
+              "--config-bert", bert, "--verify", str(tmp_path / "bad.safetensors"), "--overwrite"])  # fmt: skip
+    assert load_file(tmp_path / "vqa" / "model.safetensors").keys()
+    assert not [name for name in tmp_path.iterdir() if name.name.startswith(".")]
 
 
 def test_cli_push_to_hub_uploads_the_remote_code_folder(ref, tmp_path, monkeypatch):
@@ -330,3 +338,110 @@ def test_cli_push_to_hub_uploads_the_remote_code_folder(ref, tmp_path, monkeypat
           "--config-bert", str(reference_dir / "config" / "config_bert.json"), "--push-to-hub", "me/mplug-tiny"])  # fmt: skip
     ((repo, files),) = uploads
     assert repo == "me/mplug-tiny" and "modeling_mplug.py" in files and "README.md" in files
+
+
+def trimmed(sequences, lengths):
+    return [row[:length].tolist() for row, length in zip(sequences, lengths)]
+
+
+def test_converted_generation_defaults_generate_as_many_tokens_as_the_original(ref):
+    """The original's VQA max 10/min 1 and caption max 25/min 8 count generated tokens only: the converted
+    generation config says max/min_new_tokens, and generate() with its defaults equals generate_original()."""
+    _, g, _ = ref
+    qi, pv, qm = g["common.question_input_ids"], g["inputs.pixel_values"], g["common.question_attention_mask"]
+    vqa, _ = convert(ref, "vqa")
+    settings = vqa.generation_config
+    assert (settings.max_new_tokens, settings.min_new_tokens, settings.num_beams) == (10, 1, 5)
+    original = vqa.generate_original(qi, pv, qm)
+    generated = vqa.generate(input_ids=qi, pixel_values=pv, attention_mask=qm)
+    expected = trimmed(original.sequences[:, 0], original.lengths[:, 0])
+    assert [row[: len(target)] for row, target in zip(generated.tolist(), expected)] == expected
+    # where the length limit binds, the count of generated tokens is the original's
+    original = vqa.generate_original(qi, pv, qm, min_length=3, max_length=3)
+    generated = vqa.generate(input_ids=qi, pixel_values=pv, attention_mask=qm, max_new_tokens=3, min_new_tokens=3)
+    assert generated.tolist() == original.sequences[:, 0].tolist() and generated.shape[1] == 1 + 3
+    caption, _ = convert(ref, "caption")
+    assert (caption.generation_config.max_new_tokens, caption.generation_config.min_new_tokens) == (25, 8)
+    original = caption.generate_original(pv)  # beam 5, min 8, max 25
+    generated = caption.generate(pixel_values=pv)
+    expected = trimmed(original.sequences[:, 0], original.lengths[:, 0])
+    assert [row[: len(target)] for row, target in zip(generated.tolist(), expected)] == expected
+    assert min(len(row) for row in expected) >= 1 + 8 + 1  # [CLS], 8 generated tokens at least, [SEP]
+
+
+def test_the_key_set_tells_the_task(ref, tmp_path):
+    reference_dir, _, _ = ref
+    bert = str(reference_dir / "config" / "config_bert.json")
+    checkpoint = lambda name: str(reference_dir / "checkpoints" / f"mplug_{name}.pth")  # noqa: E731
+    detected = {
+        name: detect_tasks(strip_pretraining_infixes(load_original_checkpoint(checkpoint(name))))
+        for name in ("vqa", "caption", "retrieval", "grounding", "pretrain_format")
+    }
+    assert detected["vqa"] == ("vqa", ("vqa",)) and detected["grounding"] == ("grounding", ("grounding",))
+    assert detected["retrieval"] == ("retrieval", ("retrieval",)) and detected["pretrain_format"][0] == "pretrain"
+    assert set(detected["caption"][1]) == {"vqa", "caption"}
+    for name, task, found in [("grounding", "vqa", "grounding"), ("vqa", "caption", "vqa"), ("retrieval", "vqa",
+                              "retrieval"), ("vqa", "grounding", "vqa")]:  # fmt: skip
+        with pytest.raises(CheckpointConversionError, match=f"is a {found} checkpoint .*not a {task} one"):
+            convert_checkpoint(checkpoint(name), task, bert)
+    model, _ = convert_checkpoint(checkpoint("grounding"), None, bert)  # no task: the detected one
+    assert type(model).__name__ == "MPLUGForGrounding"
+    with pytest.raises(CheckpointConversionError, match="vqa or caption"):
+        convert_checkpoint(checkpoint("caption"), None, bert)
+    with pytest.raises(SystemExit, match="is a grounding checkpoint"):
+        main([checkpoint("grounding"), str(tmp_path / "out"), "--task", "vqa", "--config-bert", bert])
+    assert not (tmp_path / "out").exists()
+
+
+def test_nonfinite_tensors_are_named(ref, tmp_path):
+    reference_dir, _, _ = ref
+    bert = str(reference_dir / "config" / "config_bert.json")
+    state = load_original_checkpoint(str(reference_dir / "checkpoints" / "mplug_caption.pth"))
+    name = "text_decoder.bert.encoder.layer.0.output.dense.weight"
+    assert name in state
+    state[name] = state[name].clone()
+    state[name][0, 0] = float("nan")
+    torch.save({"model": state}, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointConversionError, match=rf"1 tensor\(s\) in .*nan.pth hold NaN or inf values: {name}"):
+        convert_checkpoint(str(tmp_path / "nan.pth"), "caption", bert)
+    with pytest.warns(UserWarning, match=name):
+        convert_checkpoint(str(tmp_path / "nan.pth"), "caption", bert, allow_nonfinite=True)
+    with pytest.raises(SystemExit, match="--allow-nonfinite"):
+        main([str(tmp_path / "nan.pth"), str(tmp_path / "out"), "--task", "caption", "--config-bert", bert])
+    assert not (tmp_path / "out").exists()
+    # finite in float32, inf after a float16 cast
+    state = load_original_checkpoint(str(reference_dir / "checkpoints" / "mplug_caption.pth"))
+    state[name] = state[name] * 0 + 1e6
+    torch.save({"model": state}, tmp_path / "large.pth")
+    with pytest.raises(CheckpointConversionError, match="after the cast to torch.float16"):
+        convert_checkpoint(str(tmp_path / "large.pth"), "caption", bert, dtype=torch.float16)
+
+
+def test_cli_refuses_an_existing_folder_and_moves_a_folder_into_place_only_when_complete(ref, tmp_path, monkeypatch):
+    import mplug_hf.convert_original as convert_original
+
+    reference_dir, _, _ = ref
+    args = [str(reference_dir / "checkpoints" / "mplug_caption.pth"), str(tmp_path / "out"), "--task", "caption",
+            "--config-bert", str(reference_dir / "config" / "config_bert.json")]  # fmt: skip
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and (tmp_path / "out" / "notes.txt").read_text() == "mine"
+    # a writer failing mid-way (here: after the weights, before the processor) leaves the old folder as it was
+    original_save = convert_original.save_converted
+
+    def failing_save(model, report, output_dir, vocab_file=None):
+        model.save_pretrained(output_dir)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(convert_original, "save_converted", failing_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        main([*args, "--overwrite"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["notes.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
+    monkeypatch.setattr(convert_original, "save_converted", original_save)
+    main([*args, "--overwrite"])
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert "notes.txt" not in names and {"model.safetensors", "conversion_report.json"} <= names
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -26,12 +26,14 @@ Key mapping (original → ours), after removing the pretraining infixes `text_en
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from .configuration_mplug import MPLUGConfig, MPLUGTextConfig, MPLUGVisionConfig
+from .io_utils import atomic_directory, atomic_write_json
 from .modeling_mplug import resize_position_embedding
 
 
@@ -454,11 +456,63 @@ TASK_PREFIXES = {
     "grounding": {**_ENCODER, "text_decoder": "text_decoder.", "heads": None},
     "pretrain": {**_ENCODER, "text_decoder": "text_decoder.", "heads": "contrastive."},
 }
-# Original decoding settings, saved as the converted model's generation_config.json.
+# Original decoding settings, saved as the converted model's generation_config.json. The original's min/max lengths
+# count generated tokens only (not the [CLS] start token), which are transformers' min/max_new_tokens (its min_length /
+# max_length count the start token too: one token fewer, and [SEP] allowed one step early). Its beam search ranks the
+# hypotheses by their summed log-probability: length_penalty 0 (transformers' default 1 divides by the length).
 TASK_GENERATION = {
-    "vqa": {"num_beams": 5, "min_length": 1, "max_length": 10},
-    "caption": {"num_beams": 5, "min_length": 8, "max_length": 25},
+    "vqa": {"num_beams": 5, "min_new_tokens": 1, "max_new_tokens": 10, "length_penalty": 0.0},
+    "caption": {"num_beams": 5, "min_new_tokens": 8, "max_new_tokens": 25, "length_penalty": 0.0},
 }
+
+
+def detect_tasks(state_dict: dict[str, torch.Tensor]) -> tuple[str, tuple[str, ...]]:
+    """
+    What an original checkpoint (after [`strip_pretraining_infixes`]) is, from its key set, and the tasks it can be
+    converted to: `(detected, allowed)`. A pretraining checkpoint (ITM head and decoder, or the MLM head) is the
+    starting point of every fine-tuning and converts to any task; a grounding checkpoint (box-token buffers) only to
+    grounding; a retrieval one (ITM head, no decoder) only to retrieval; a decoder-only fine-tuned checkpoint with
+    momentum decoder copies (the VQA distillation) only to vqa; without them vqa and caption cannot be told apart.
+    """
+    keys = set(state_dict)
+    has = lambda prefix: any(key.startswith(prefix) for key in keys)  # noqa: E731
+    decoder = has("text_decoder.")
+    if keys & {"bbox_prob_mask", "prefix_ids", "target_ids"}:
+        return "grounding", ("grounding",)
+    if has("fusion_encoder.cls.") or (has("itm_head.") and decoder):
+        return "pretrain", TASKS
+    if has("itm_head."):
+        return "retrieval", ("retrieval",)
+    if decoder and has("text_decoder_m."):
+        return "vqa", ("vqa",)
+    if decoder and has("text_encoder.") and has("fusion_encoder."):
+        return "vqa or caption", ("vqa", "caption")
+    if decoder:
+        return "caption", ("caption",)
+    raise CheckpointConversionError(
+        "the checkpoint has neither a text decoder nor an ITM head: not an mPLUG checkpoint"
+    )
+
+
+def nonfinite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or ±inf."""
+    return [
+        name
+        for name, value in state_dict.items()
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], where: str, allow_nonfinite: bool = False) -> None:
+    """Raise (or, with `allow_nonfinite`, warn) naming the tensors of `state_dict` that hold NaN/inf."""
+    bad = nonfinite_tensors(state_dict)
+    if not bad:
+        return
+    shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+    message = f"{len(bad)} tensor(s) {where} hold NaN or inf values: {shown}"
+    if not allow_nonfinite:
+        raise CheckpointConversionError(message + " (pass allow_nonfinite=True / --allow-nonfinite to convert anyway)")
+    warnings.warn(message, stacklevel=3)
 
 
 def task_model_class(task: str):
@@ -557,6 +611,7 @@ def convert_checkpoint(
     dtype: torch.dtype | None = None,
     keep_momentum: bool = False,
     task_config: dict | str | None = None,
+    allow_nonfinite: bool = False,
 ):
     """
     Load an original checkpoint into the task's `mplug_hf` model. Returns `(model, report)`. Raises
@@ -568,8 +623,14 @@ def convert_checkpoint(
 
     `task_config` is the original task YAML (path or dict; a ModelScope folder's `config.yaml` is found by itself);
     its `image_res` is the target resolution unless `image_size` is given.
+
+    The key set tells what the checkpoint is ([`detect_tasks`]): `task=None` converts it as that task, and a `task` it
+    cannot be converted to (a grounding checkpoint as vqa, a vqa one as caption) raises, naming the detected task.
+    Tensors holding NaN/inf (in the file, or after the `dtype` cast) raise naming them, or only warn with
+    `allow_nonfinite`.
     """
-    model_class = task_model_class(task)
+    if task is not None:
+        task_model_class(task)  # an unknown task name fails before the file is read
     if task_config is None and os.path.isdir(checkpoint_path):
         candidate = os.path.join(checkpoint_path, "config.yaml")
         task_config = candidate if os.path.isfile(candidate) else None
@@ -583,6 +644,20 @@ def convert_checkpoint(
         candidate = os.path.join(checkpoint_path, "config_bert.json")
         bert_config = read_bert_config(candidate) if os.path.isfile(candidate) else None
     state_dict = strip_pretraining_infixes(load_original_checkpoint(checkpoint_path))
+    detected, allowed = detect_tasks(state_dict)
+    if task is None:
+        if len(allowed) != 1 and detected != "pretrain":
+            raise CheckpointConversionError(
+                f"{checkpoint_path}: the key set says {detected}; pass the task ({' or '.join(allowed)})"
+            )
+        task = "pretrain" if detected == "pretrain" else allowed[0]
+    elif task not in allowed:
+        raise CheckpointConversionError(
+            f"{checkpoint_path} is a {detected} checkpoint (from its keys), not a {task} one; convert it with task"
+            f" {' or '.join(repr(name) for name in allowed)}"
+        )
+    model_class = task_model_class(task)
+    check_finite(state_dict, f"in {checkpoint_path}", allow_nonfinite)
     config = infer_config(state_dict, bert_config, image_size)
     prefixes = dict(TASK_PREFIXES[task])
     if task == "pretrain":
@@ -620,6 +695,7 @@ def convert_checkpoint(
             setattr(model.generation_config, name, value)
     if dtype is not None:
         model = model.to(dtype)
+        check_finite(model.state_dict(), f"after the cast to {dtype}", allow_nonfinite)
     return model.eval(), report
 
 
@@ -730,17 +806,28 @@ def save_converted(model, report: ConversionReport, output_dir: str, vocab_file:
     tokenizer = default_tokenizer(vocab_file) if vocab_file else default_tokenizer()
     image_processor = MPLUGImageProcessor(image_size=model.config.vision_config.image_size)
     MPLUGProcessor(image_processor, tokenizer).save_pretrained(output_dir)
-    with open(os.path.join(output_dir, "conversion_report.json"), "w") as handle:
-        json.dump({"mapped": report.mapped, "dropped": report.dropped}, handle, indent=1, sort_keys=True)
+    atomic_write_json(
+        os.path.join(output_dir, "conversion_report.json"),
+        {"mapped": report.mapped, "dropped": report.dropped},
+        indent=1,
+        sort_keys=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Convert an original mPLUG checkpoint to an mplug_hf model folder.")
+    parser = argparse.ArgumentParser(
+        description="Convert an original mPLUG checkpoint to an mplug_hf model folder. The folder is written under a "
+        "temporary name beside output_dir and moved into place only once it is complete (and verified with --verify)."
+    )
     parser.add_argument("checkpoint", help="original .pth/.bin file, or a ModelScope folder with pytorch_model.bin")
     parser.add_argument("output_dir")
-    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        help="the head to convert to; by default the task the checkpoint's keys tell (a task they rule out is an error)",
+    )
     parser.add_argument("--config-bert", help="the original config_bert.json (fusion schedule, heads)")
     parser.add_argument("--image-size", type=int, help="target resolution (positional embedding is resized)")
     parser.add_argument(
@@ -756,42 +843,65 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--verify",
         metavar="REFERENCE.safetensors",
-        help="compare the converted model with tensors the original code produced (see verify_converted); "
-        "exits with an error when a difference exceeds its tolerance",
+        help="compare the converted model (reloaded from the written files) with tensors the original code produced "
+        "(see verify_converted); on a difference above its tolerance nothing is written",
     )
     parser.add_argument("--verify-atol", type=float, default=1e-5, help="hidden-state tolerance (logits: 10x)")
-    args = parser.parse_args(argv)
-    model, report = convert_checkpoint(
-        args.checkpoint,
-        args.task,
-        args.config_bert,
-        args.image_size,
-        getattr(torch, args.dtype),
-        args.keep_momentum,
-        args.config_yaml,
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output_dir")
+    parser.add_argument(
+        "--allow-nonfinite", action="store_true", help="convert a checkpoint with NaN/inf tensors (warns, naming them)"
     )
+    args = parser.parse_args(argv)
+    output_dir = os.path.abspath(args.output_dir)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        parser.error(f"output_dir {args.output_dir} exists and is not a folder")
+    if os.path.isdir(output_dir) and os.listdir(output_dir) and not args.overwrite:
+        parser.error(f"output_dir {args.output_dir} exists and is not empty; pass --overwrite to replace it")
+    if args.verify and not os.path.isfile(args.verify):
+        parser.error(f"--verify: no file {args.verify}")
+    try:
+        model, report = convert_checkpoint(
+            args.checkpoint,
+            args.task,
+            args.config_bert,
+            args.image_size,
+            getattr(torch, args.dtype),
+            args.keep_momentum,
+            args.config_yaml,
+            allow_nonfinite=args.allow_nonfinite,
+        )
+    except CheckpointConversionError as error:
+        raise SystemExit(f"conversion failed: {error}") from error
     folder_vocab = os.path.join(args.checkpoint, "vocab.txt")
-    save_converted(model, report, args.output_dir, folder_vocab if os.path.isfile(folder_vocab) else None)
+    with atomic_directory(output_dir, overwrite=args.overwrite) as staging:
+        save_converted(model, report, str(staging), folder_vocab if os.path.isfile(folder_vocab) else None)
+        if args.verify:
+            from safetensors.torch import load_file
+
+            # the written files are what later loads: verify them, not only the model in memory
+            written = type(model).from_pretrained(str(staging), dtype=next(model.parameters()).dtype).eval()
+            rows = verify_converted(written, load_file(args.verify), args.verify_atol, 10 * args.verify_atol)
+            for row in rows:
+                status = "ok" if row["ok"] else "MISMATCH"
+                print(
+                    f"verify {row['name']:<22} max |diff| {row['max_abs_diff']:.3e} (atol {row['atol']:.0e}) {status}"
+                )
+            failed = [row["name"] for row in rows if not row["ok"]]
+            if failed:
+                raise SystemExit(
+                    f"verification failed for {failed}; the converted model does not reproduce the reference, so "
+                    f"nothing was written to {args.output_dir}"
+                )
     print(
         f"converted {len(report.mapped)} tensors ({len(report.dropped)} dropped by documented rules) → {args.output_dir}"
     )
-    if args.verify:
-        from safetensors.torch import load_file
-
-        rows = verify_converted(model, load_file(args.verify), args.verify_atol, 10 * args.verify_atol)
-        for row in rows:
-            status = "ok" if row["ok"] else "MISMATCH"
-            print(f"verify {row['name']:<22} max |diff| {row['max_abs_diff']:.3e} (atol {row['atol']:.0e}) {status}")
-        failed = [row["name"] for row in rows if not row["ok"]]
-        if failed:
-            raise SystemExit(f"verification failed for {failed}; the converted model does not reproduce the reference")
     if args.push_to_hub:
         from transformers import AutoProcessor
 
         from .hub import push_to_hub
 
         # with the remote code, the auto_map and the model card, so the repo works without mplug_hf installed
-        push_to_hub(model, AutoProcessor.from_pretrained(args.output_dir), args.push_to_hub)
+        push_to_hub(model, AutoProcessor.from_pretrained(output_dir), args.push_to_hub)
 
 
 if __name__ == "__main__":
