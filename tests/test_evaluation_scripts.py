@@ -242,8 +242,9 @@ def test_evaluate_grounding_writes_pixel_boxes_and_their_accuracy(tmp_path, imag
     pixels = processor.image_processor(images, mode="grounding")
     queries = processor.tokenizer([r["text"] for r in records], truncation=True, max_length=20, padding="longest",
                                   return_tensors="pt")  # fmt: skip
-    expected = model.predict_boxes(
-        queries["input_ids"], pixels["pixel_values"], queries["attention_mask"], image_sizes=pixels["image_sizes"]
+    expected = processor.post_process_grounding(
+        model.predict_boxes(queries["input_ids"], pixels["pixel_values"], queries["attention_mask"]),
+        pixels["image_sizes"],
     )
     np.testing.assert_allclose([r["box"] for r in results], expected.numpy(), atol=0.006)
     for result, image in zip(results, images):

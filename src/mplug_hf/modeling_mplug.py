@@ -752,7 +752,9 @@ class MPLUGModel(MPLUGPreTrainedModel):
         Returns `last_hidden_state` `(batch, num_image_tokens, hidden)`, the image tokens before fusion, and
         `pooler_output` `(batch, hidden)`, their CLS token.
         """
-        return self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs)
+        return self.vision_model(
+            pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs, return_dict=True
+        )
 
     @can_return_tuple
     @auto_docstring
@@ -805,7 +807,7 @@ class MPLUGModel(MPLUGPreTrainedModel):
             raise ValueError("pass exactly one of input_ids (texts) and text_states (encoded texts)")
         if image_states is None:
             vision_outputs = self.vision_model(
-                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs, return_dict=True
             )
             image_states = vision_outputs.last_hidden_state
         if text_states is None:
@@ -933,7 +935,11 @@ class MPLUGTextDecoder(MPLUGPreTrainedModel):
         """Decode over `memory` (the encoder's, possibly regrouped by the head) and gather the encoder-decoder output:
         the decoder's logits, loss, cache and recorded states beside the encoder's."""
         decoded = self(
-            decoder_input_ids, encoder_hidden_states=memory, encoder_attention_mask=memory_mask, **decoder_kwargs
+            decoder_input_ids,
+            encoder_hidden_states=memory,
+            encoder_attention_mask=memory_mask,
+            **decoder_kwargs,
+            return_dict=True,
         )
         return MPLUGSeq2SeqLMOutput(
             loss=decoded.loss,
@@ -1063,6 +1069,7 @@ class MPLUGForCaptioning(MPLUGPreTrainedModel, MPLUGGenerationMixin):
             interpolate_pos_encoding=model_kwargs.get("interpolate_pos_encoding", False),
             output_attentions=generation_config.output_attentions,
             output_hidden_states=generation_config.output_hidden_states,
+            return_dict=True,
         )
         return model_kwargs
 
@@ -1097,7 +1104,7 @@ class MPLUGForCaptioning(MPLUGPreTrainedModel, MPLUGGenerationMixin):
         check_forward_kwargs(kwargs, self)
         if encoder_outputs is None:
             encoder_outputs = self.vision_model(
-                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs, return_dict=True
             )
         decoder_input_ids = decoder_inputs_from_labels(decoder_input_ids, labels, self.config.pad_token_id)
         return self.text_decoder.decode_memory(
@@ -1122,7 +1129,7 @@ class MPLUGForCaptioning(MPLUGPreTrainedModel, MPLUGGenerationMixin):
         num_return_sequences: int = 1,
     ) -> MPLUGBeamSearchOutput:
         """The original caption decoding (beam 5, min 8, max 25 for COCO): see `mplug_hf.original_generation`."""
-        memory = self.vision_model(pixel_values).last_hidden_state
+        memory = self.vision_model(pixel_values, return_dict=True).last_hidden_state
         if prompt_ids is not None and prompt_ids.shape[0] == 1 and memory.shape[0] > 1:
             prompt_ids = prompt_ids.expand(memory.shape[0], -1)
         return original_beam_search(
@@ -1210,6 +1217,7 @@ class MPLUGForQuestionAnswering(MPLUGPreTrainedModel, MPLUGGenerationMixin):
                 image_indices=image_indices,
                 interpolate_pos_encoding=interpolate_pos_encoding,
                 **kwargs,
+                return_dict=True,
             )
         memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
         num_questions = memory.shape[0]
@@ -1243,7 +1251,11 @@ class MPLUGForQuestionAnswering(MPLUGPreTrainedModel, MPLUGGenerationMixin):
     def encode(self, input_ids, pixel_values, attention_mask=None, image_indices=None) -> MPLUGModelOutput:
         """The questions' memory, each image encoded once (`image_indices[q]` = the image of question q)."""
         return self.mplug(
-            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, image_indices=image_indices
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            image_indices=image_indices,
+            return_dict=True,
         )
 
     @torch.no_grad()
@@ -1373,6 +1385,7 @@ def hard_negative_itm_loss(model, image_states, text_states, attention_mask, log
         image_states=torch.cat([image_states, image_states[negative_images], image_states], dim=0),
         text_states=torch.cat([text_states, text_states, text_states[negative_texts]], dim=0),
         attention_mask=torch.cat([attention_mask, attention_mask, attention_mask[negative_texts]], dim=0),
+        return_dict=True,
     )
     return image_text_matching_loss(model.contrastive.itm_head(fused.fused_text_states[:, 0]), batch_size)
 
@@ -1468,7 +1481,7 @@ class MPLUGForRetrieval(MPLUGPreTrainedModel):
         r"""
         Returns the visual encoder's output with `pooler_output` `(batch, embed_dim)`, the normalised ITC features.
         """
-        outputs = self.mplug.get_image_features(pixel_values, **kwargs)
+        outputs = self.mplug.get_image_features(pixel_values, **kwargs, return_dict=True)
         outputs.pooler_output = self.contrastive.image_features(outputs.last_hidden_state, frame_count(pixel_values))
         return outputs
 
@@ -1483,7 +1496,7 @@ class MPLUGForRetrieval(MPLUGPreTrainedModel):
         r"""
         Returns the text encoder's output with `pooler_output` `(batch, embed_dim)`, the normalised ITC features.
         """
-        outputs = self.mplug.get_text_features(input_ids, attention_mask, **kwargs)
+        outputs = self.mplug.get_text_features(input_ids, attention_mask, **kwargs, return_dict=True)
         outputs.pooler_output = self.contrastive.text_features(outputs.last_hidden_state)
         return outputs
 
@@ -1508,8 +1521,8 @@ class MPLUGForRetrieval(MPLUGPreTrainedModel):
             ITM logits of the aligned pairs (default: when the batch sizes match and no loss is asked).
         """
         check_forward_kwargs(kwargs, self)
-        vision_outputs = self.get_image_features(pixel_values, **kwargs)
-        text_outputs = self.get_text_features(input_ids, attention_mask, **kwargs)
+        vision_outputs = self.get_image_features(pixel_values, **kwargs, return_dict=True)
+        text_outputs = self.get_text_features(input_ids, attention_mask, **kwargs, return_dict=True)
         image_states, text_states = vision_outputs.last_hidden_state, text_outputs.last_hidden_state
         image_feat, text_feat = vision_outputs.pooler_output, text_outputs.pooler_output
         logits_per_image = image_feat @ text_feat.t() / self.contrastive.temp
@@ -1526,7 +1539,9 @@ class MPLUGForRetrieval(MPLUGPreTrainedModel):
         if compute_itm if compute_itm is not None else aligned and not return_loss:
             if not aligned:
                 raise ValueError("compute_itm needs as many images as texts")
-            fused = self.mplug(image_states=image_states, text_states=text_states, attention_mask=attention_mask)
+            fused = self.mplug(
+                image_states=image_states, text_states=text_states, attention_mask=attention_mask, return_dict=True
+            )
             itm_logits = self.contrastive.itm_head(fused.fused_text_states[:, 0])
         if return_loss:
             loss_itc, logits_per_image = image_text_contrastive_loss(
@@ -1574,9 +1589,9 @@ class MPLUGForRetrieval(MPLUGPreTrainedModel):
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        images = [self.get_image_features(chunk) for chunk in pixel_values.split(batch_size)]
+        images = [self.get_image_features(chunk, return_dict=True) for chunk in pixel_values.split(batch_size)]
         texts = [
-            self.get_text_features(ids, mask)
+            self.get_text_features(ids, mask, return_dict=True)
             for ids, mask in zip(input_ids.split(batch_size), attention_mask.split(batch_size))
         ]
         image_states = torch.cat([output.last_hidden_state for output in images])
@@ -1650,6 +1665,7 @@ class MPLUGForGrounding(MPLUGPreTrainedModel):
             encoder_attention_mask=memory_mask,
             cache=cache,
             use_cache=cache is not None,
+            return_dict=True,
         )
         start = self.config.box_bin_start_token_id
         return outputs.logits[..., start : start + self.config.num_box_bins], outputs.cache
@@ -1672,7 +1688,11 @@ class MPLUGForGrounding(MPLUGPreTrainedModel):
         check_forward_kwargs(kwargs, self)
         if encoder_outputs is None:
             encoder_outputs = self.mplug(
-                input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, **kwargs
+                input_ids=input_ids,
+                pixel_values=pixel_values,
+                attention_mask=attention_mask,
+                **kwargs,
+                return_dict=True,
             )
         memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
         if labels is None:
@@ -1703,7 +1723,9 @@ class MPLUGForGrounding(MPLUGPreTrainedModel):
             image_sizes)` gives pixel (x1, y1, x2, y2) boxes of the input images.
         """
         if encoder_outputs is None:
-            encoder_outputs = self.mplug(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask)
+            encoder_outputs = self.mplug(
+                input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, return_dict=True
+            )
         memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
         step_input = torch.full((memory.shape[0], 1), self.config.box_prefix_token_id, device=memory.device)
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
@@ -1806,8 +1828,8 @@ class MPLUGForPreTraining(MPLUGPreTrainedModel):
             raise ValueError(f"batch size mismatch: {pixel_values.shape[0]} images but {input_ids.shape[0]} texts")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        image_states = self.mplug.get_image_features(pixel_values).last_hidden_state
-        text_states = self.mplug.get_text_features(input_ids, attention_mask).last_hidden_state
+        image_states = self.mplug.get_image_features(pixel_values, return_dict=True).last_hidden_state
+        text_states = self.mplug.get_text_features(input_ids, attention_mask, return_dict=True).last_hidden_state
         loss_itc, logits_per_image = image_text_contrastive_loss(
             self,
             self.contrastive.image_features(image_states, frame_count(pixel_values)),
@@ -1822,7 +1844,9 @@ class MPLUGForPreTraining(MPLUGPreTrainedModel):
         if mlm_input_ids is not None:
             if mlm_labels is None:
                 raise ValueError("mlm_input_ids needs mlm_labels")
-            fused = self.mplug(image_states=image_states, input_ids=mlm_input_ids, attention_mask=attention_mask)
+            fused = self.mplug(
+                image_states=image_states, input_ids=mlm_input_ids, attention_mask=attention_mask, return_dict=True
+            )
             mlm_logits = self.mlm_head(fused.fused_text_states)
             losses["loss_mlm"] = F.cross_entropy(
                 mlm_logits.float().view(-1, mlm_logits.shape[-1]), mlm_labels.view(-1), ignore_index=-100
@@ -1831,13 +1855,17 @@ class MPLUGForPreTraining(MPLUGPreTrainedModel):
             if prefix_input_ids is None:
                 raise ValueError("PrefixLM labels need prefix_input_ids")
             fused = self.mplug(
-                image_states=image_states, input_ids=prefix_input_ids, attention_mask=prefix_attention_mask
+                image_states=image_states,
+                input_ids=prefix_input_ids,
+                attention_mask=prefix_attention_mask,
+                return_dict=True,
             )
             losses["loss_prefix_lm"] = self.text_decoder(
                 decoder_inputs_from_labels(None, labels, self.config.pad_token_id),
                 encoder_hidden_states=fused.last_hidden_state,
                 encoder_attention_mask=fused.encoder_attention_mask,
                 labels=labels,
+                return_dict=True,
             ).loss
         return MPLUGPreTrainingOutput(loss=sum(losses.values()), **losses)
 

@@ -90,7 +90,12 @@ def original_beam_search(
     cache, step_input = None, alive
     for step in range(max_length):
         outputs = decoder(
-            step_input, encoder_hidden_states=memory, encoder_attention_mask=memory_mask, cache=cache, use_cache=True
+            step_input,
+            encoder_hidden_states=memory,
+            encoder_attention_mask=memory_mask,
+            cache=cache,
+            use_cache=True,
+            return_dict=True,
         )
         cache = outputs.cache
         log_probs = torch.log(torch.softmax(outputs.logits[:, -1].float(), dim=-1))

@@ -31,7 +31,11 @@ def answer_log_likelihoods(decoder, memory, memory_mask, answer_ids, answer_mask
     """
     labels = answer_ids.masked_fill(answer_mask == 0, -100)
     logits = decoder(
-        answer_ids, encoder_hidden_states=memory, encoder_attention_mask=memory_mask, attention_mask=answer_mask
+        answer_ids,
+        encoder_hidden_states=memory,
+        encoder_attention_mask=memory_mask,
+        attention_mask=answer_mask,
+        return_dict=True,
     ).logits
     token_nll = answer_token_nll(logits, labels)
     batch_size = memory.shape[0]
@@ -41,7 +45,9 @@ def answer_log_likelihoods(decoder, memory, memory_mask, answer_ids, answer_mask
 def first_token_logits(decoder, memory, memory_mask) -> torch.Tensor:
     """`(batch, vocab_size)` logits of the first answer token after `[CLS]`."""
     start = torch.full((memory.shape[0], 1), decoder.config.decoder_start_token_id, device=memory.device)
-    return decoder(start, encoder_hidden_states=memory, encoder_attention_mask=memory_mask).logits[:, 0]
+    return decoder(start, encoder_hidden_states=memory, encoder_attention_mask=memory_mask, return_dict=True).logits[
+        :, 0
+    ]
 
 
 @torch.no_grad()
@@ -164,7 +170,7 @@ def rerank_with_itm(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
     def match_logits(images, texts, mask):
-        fused = model.mplug(image_states=images, text_states=texts, attention_mask=mask)
+        fused = model.mplug(image_states=images, text_states=texts, attention_mask=mask, return_dict=True)
         return model.contrastive.itm_head(fused.fused_text_states[:, 0])[:, 1]
 
     def one_direction(sims, images_are_queries):
