@@ -229,3 +229,40 @@ def test_gradient_checkpointing_keeps_the_loss(inputs, cls):
     checkpointed = model(**kwargs).loss
     checkpointed.backward()
     torch.testing.assert_close(checkpointed, plain)
+
+
+def test_positional_generate_as_in_blip(inputs):
+    model = build(MPLUGForQuestionAnswering)
+    keywords = model.generate(**inputs, max_new_tokens=3)
+    positional = model.generate(
+        inputs["input_ids"], inputs["pixel_values"], attention_mask=inputs["attention_mask"], max_new_tokens=3
+    )
+    assert positional.tolist() == keywords.tolist()
+
+
+def test_labels_in_the_blip_habit_are_refused_or_fixed(inputs):
+    model = build(MPLUGForQuestionAnswering)
+    no_end = torch.tensor([[101, 5, 6, 0], [101, 7, 0, 0]])  # processor(text=answer).input_ids: no [SEP]
+    with pytest.raises(ValueError, match="encode_targets"):
+        model(**inputs, labels=no_end)
+    padded = torch.tensor([[101, 5, 102, 0], [101, 7, 8, 102]])
+    masked = padded.masked_fill(padded == 0, -100)
+    torch.testing.assert_close(model(**inputs, labels=padded).loss, model(**inputs, labels=masked).loss)
+
+
+def test_bad_tensors_are_named_at_the_boundary(inputs):
+    model = build(MPLUGForQuestionAnswering)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model(
+            **{**inputs, "pixel_values": inputs["pixel_values"].clone().fill_(float("nan"))},
+            decoder_input_ids=inputs["input_ids"],
+        )
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model(**{**inputs, "input_ids": inputs["input_ids"] + 5000}, decoder_input_ids=inputs["input_ids"])
+    with pytest.raises(ValueError, match="attention_mask shape"):
+        model(**{**inputs, "attention_mask": inputs["attention_mask"][:, :3]}, decoder_input_ids=inputs["input_ids"])
+    with pytest.raises(ValueError, match="batch size mismatch"):
+        model(
+            **{**inputs, "input_ids": inputs["input_ids"][:1], "attention_mask": None},
+            decoder_input_ids=inputs["input_ids"][:1],
+        )

@@ -48,7 +48,7 @@ from .scoring import choose as choose_by_likelihood
 from .scoring import rank_answers as rank_candidate_answers
 from .scoring import rerank_with_itm
 from .scoring import score_yes_no as yes_probability
-from .validation import check_forward_kwargs, validate_pixel_values, validate_text_inputs
+from .validation import check_forward_kwargs, validate_pixel_values, validate_target_labels, validate_text_inputs
 
 
 def eager_attention_forward(
@@ -1019,6 +1019,15 @@ class MPLUGGenerationMixin(GenerationMixin):
         model_kwargs["encoder_outputs"] = encoder_outputs
         return input_ids, model_kwargs
 
+    def generate(self, inputs=None, generation_config=None, *args, **kwargs):
+        # BLIP's habit `generate(input_ids, pixel_values)`: a tensor in the generation_config slot is the other input
+        if torch.is_tensor(generation_config):
+            other_input = "pixel_values" if self.main_input_name == "input_ids" else "input_ids"
+            if other_input in kwargs:
+                raise TypeError(f"generate() got {other_input} both positionally and as a keyword")
+            kwargs[other_input], generation_config = generation_config, None
+        return super().generate(inputs, generation_config, *args, **kwargs)
+
     @staticmethod
     def _reorder_cache(cache: EncoderDecoderCache, beam_idx: torch.LongTensor) -> EncoderDecoderCache:
         return reorder_shared_memory_cache(cache, beam_idx)
@@ -1106,6 +1115,7 @@ class MPLUGForCaptioning(MPLUGPreTrainedModel, MPLUGGenerationMixin):
             encoder_outputs = self.vision_model(
                 pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs, return_dict=True
             )
+        labels = validate_target_labels(labels, self.config)
         decoder_input_ids = decoder_inputs_from_labels(decoder_input_ids, labels, self.config.pad_token_id)
         return self.text_decoder.decode_memory(
             encoder_outputs,
@@ -1221,6 +1231,7 @@ class MPLUGForQuestionAnswering(MPLUGPreTrainedModel, MPLUGGenerationMixin):
             )
         memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
         num_questions = memory.shape[0]
+        labels = validate_target_labels(labels, self.config)
         decoder_input_ids = decoder_inputs_from_labels(decoder_input_ids, labels, self.config.pad_token_id)
         if answer_counts is not None:
             answer_counts = torch.as_tensor(answer_counts, device=memory.device)

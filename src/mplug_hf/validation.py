@@ -50,6 +50,8 @@ def validate_pixel_values(pixel_values: torch.Tensor | None, config: MPLUGVision
             f"pixel_values must have shape (batch >= 1, {config.num_channels}, H, W) or (batch, frames, "
             f"{config.num_channels}, H, W), got {tuple(pixel_values.shape)}"
         )
+    if not bool(torch.isfinite(pixel_values).all()):
+        raise ValueError("pixel_values contain NaN or infinite values (a broken image or a failed normalisation)")
     height, width = pixel_values.shape[-2:]
     if not interpolate and (height, width) != (config.image_size, config.image_size):
         raise ValueError(
@@ -81,3 +83,29 @@ def validate_text_inputs(
         raise ValueError(
             f"attention_mask shape {tuple(attention_mask.shape)} does not match {name} {tuple(input_ids.shape)}"
         )
+
+
+def validate_target_labels(labels: torch.LongTensor | None, config) -> torch.LongTensor | None:
+    """
+    Decoder targets as the heads train on them: `[CLS] text [SEP]` with -100 where no loss is wanted. The BLIP habit
+    `labels=processor(text=answer).input_ids` gives `[CLS] text` padded with [PAD]: padding is never a target, so
+    [PAD] becomes -100, but a batch whose rows have no end token would teach the decoder never to stop, so it is
+    refused with the recipe that builds them (`processor.encode_targets`).
+    """
+    if labels is None:
+        return None
+    if not torch.is_tensor(labels) or labels.is_floating_point() or labels.ndim != 2 or 0 in labels.shape:
+        raise ValueError(
+            f"labels must be integer ids of shape (num_targets, length), got {getattr(labels, 'shape', labels)}"
+        )
+    vocab_size = config.text_config.vocab_size
+    if bool(((labels != -100) & ((labels < 0) | (labels >= vocab_size))).any()):
+        raise ValueError(f"labels hold ids outside the vocabulary [0, {vocab_size}) (other than -100)")
+    labels = labels.masked_fill(labels == config.pad_token_id, -100)
+    ends = (labels == config.eos_token_id).any(dim=1)
+    if not bool(ends.all()):
+        raise ValueError(
+            f"{int((~ends).sum())} of {labels.shape[0]} label rows have no end token [SEP] (id {config.eos_token_id}): "
+            "build targets with processor.encode_targets(texts), which gives [CLS] text [SEP] and -100 on padding"
+        )
+    return labels
