@@ -41,8 +41,13 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_mplug import MPLUGConfig, MPLUGTextConfig, MPLUGVisionConfig
 from .fused_attention import cross_attention_shortcuts
-from .loss_mplug import contrastive_loss, grounding_loss, image_text_matching_loss, weighted_answer_loss
-from .momentum_distillation import MPLUGMomentumEncoders, init_momentum_buffers, momentum_itc_loss
+from .loss_mplug import grounding_loss, weighted_answer_loss
+from .momentum_distillation import (
+    MPLUGMomentumEncoders,
+    hard_negative_itm_loss,
+    image_text_contrastive_loss,
+    init_momentum_buffers,
+)
 from .original_generation import MPLUGBeamSearchOutput, original_beam_search, reorder_shared_memory_cache
 from .scoring import choose as choose_by_likelihood
 from .scoring import rank_answers as rank_candidate_answers
@@ -1377,40 +1382,6 @@ class MPLUGContrastiveHead(nn.Module):
 def frame_count(pixel_values: torch.Tensor) -> int:
     """Frames per item: T for a video batch `(batch, T, 3, H, W)`, 1 for images."""
     return pixel_values.shape[1] if pixel_values.ndim == 5 else 1
-
-
-def hard_negative_itm_loss(model, image_states, text_states, attention_mask, logits_per_image, image_ids=None):
-    """ITM over positives + one hard negative text per image and one hard negative image per text, sampled in
-    proportion to the softmax of ITC similarities with positives excluded (as the original)."""
-    batch_size = image_states.shape[0]
-    with torch.no_grad():
-        if image_ids is None:
-            positive = torch.eye(batch_size, dtype=torch.bool, device=image_states.device)
-        else:
-            positive = image_ids.view(-1, 1) == image_ids.view(1, -1)
-        weights_i2t = logits_per_image.float().softmax(dim=1).masked_fill(positive, 0) + 1e-12
-        weights_t2i = logits_per_image.t().float().softmax(dim=1).masked_fill(positive, 0) + 1e-12
-        negative_texts = torch.multinomial(weights_i2t, 1).view(-1)
-        negative_images = torch.multinomial(weights_t2i, 1).view(-1)
-    fused = model.mplug(
-        image_states=torch.cat([image_states, image_states[negative_images], image_states], dim=0),
-        text_states=torch.cat([text_states, text_states, text_states[negative_texts]], dim=0),
-        attention_mask=torch.cat([attention_mask, attention_mask, attention_mask[negative_texts]], dim=0),
-        return_dict=True,
-    )
-    return image_text_matching_loss(model.contrastive.itm_head(fused.fused_text_states[:, 0]), batch_size)
-
-
-def image_text_contrastive_loss(model, image_feat, text_feat, pixel_values, input_ids, attention_mask, image_ids):
-    """ITC loss and the in-batch `logits_per_image`: the original's momentum distillation when the model has momentum
-    encoders and trains, in-batch InfoNCE otherwise."""
-    logits_per_image = image_feat @ text_feat.t() / model.contrastive.temp
-    # CODEPATH: the original's retrieval and pretraining runs (momentum_queue_size=65536) distil from momentum
-    # encoders; converted checkpoints fine-tune with in-batch negatives unless converted with --keep-momentum.
-    if model.momentum_encoders is None or not model.training:
-        return contrastive_loss(logits_per_image, image_ids), logits_per_image
-    loss = momentum_itc_loss(model, image_feat, text_feat, pixel_values, input_ids, attention_mask, image_ids)
-    return loss, logits_per_image
 
 
 def build_momentum_encoders(config: MPLUGConfig) -> MPLUGMomentumEncoders | None:

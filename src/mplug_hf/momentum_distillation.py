@@ -12,13 +12,16 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """
-Training-time ITC of the original (ALBEF style, `config.momentum_queue_size > 0`): momentum (EMA) copies of the
-unimodal encoders and ITC projections, queues of their features gathered over processes, and the distilled loss.
+The ITC / ITM training of the retrieval and pretraining heads: in-batch or momentum-distilled ITC (the original's
+ALBEF-style training with `config.momentum_queue_size > 0`: momentum (EMA) copies of the unimodal encoders and ITC
+projections, queues of their features gathered over processes) and ITM with hard negatives.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .loss_mplug import contrastive_loss, image_text_matching_loss
 
 
 class MPLUGMomentumEncoders(nn.Module):
@@ -138,3 +141,37 @@ def init_momentum_buffers(module: MPLUGMomentumEncoders, init) -> None:
     init.constant_(module.idx_queue, -100)
     init.zeros_(module.queue_ptr)
     init.copy_(module.initialized, torch.zeros_like(module.initialized))
+
+
+def hard_negative_itm_loss(model, image_states, text_states, attention_mask, logits_per_image, image_ids=None):
+    """ITM over positives + one hard negative text per image and one hard negative image per text, sampled in
+    proportion to the softmax of ITC similarities with positives excluded (as the original)."""
+    batch_size = image_states.shape[0]
+    with torch.no_grad():
+        if image_ids is None:
+            positive = torch.eye(batch_size, dtype=torch.bool, device=image_states.device)
+        else:
+            positive = image_ids.view(-1, 1) == image_ids.view(1, -1)
+        weights_i2t = logits_per_image.float().softmax(dim=1).masked_fill(positive, 0) + 1e-12
+        weights_t2i = logits_per_image.t().float().softmax(dim=1).masked_fill(positive, 0) + 1e-12
+        negative_texts = torch.multinomial(weights_i2t, 1).view(-1)
+        negative_images = torch.multinomial(weights_t2i, 1).view(-1)
+    fused = model.mplug(
+        image_states=torch.cat([image_states, image_states[negative_images], image_states], dim=0),
+        text_states=torch.cat([text_states, text_states, text_states[negative_texts]], dim=0),
+        attention_mask=torch.cat([attention_mask, attention_mask, attention_mask[negative_texts]], dim=0),
+        return_dict=True,
+    )
+    return image_text_matching_loss(model.contrastive.itm_head(fused.fused_text_states[:, 0]), batch_size)
+
+
+def image_text_contrastive_loss(model, image_feat, text_feat, pixel_values, input_ids, attention_mask, image_ids):
+    """ITC loss and the in-batch `logits_per_image`: the original's momentum distillation when the model has momentum
+    encoders and trains, in-batch InfoNCE otherwise."""
+    logits_per_image = image_feat @ text_feat.t() / model.contrastive.temp
+    # CODEPATH: the original's retrieval and pretraining runs (momentum_queue_size=65536) distil from momentum
+    # encoders; converted checkpoints fine-tune with in-batch negatives unless converted with --keep-momentum.
+    if model.momentum_encoders is None or not model.training:
+        return contrastive_loss(logits_per_image, image_ids), logits_per_image
+    loss = momentum_itc_loss(model, image_feat, text_feat, pixel_values, input_ids, attention_mask, image_ids)
+    return loss, logits_per_image
