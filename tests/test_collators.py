@@ -360,7 +360,8 @@ def test_grounding_collator_boxes_and_queries(processor):
     expected = processor.image_processor.grounding_box_transform([[8, 4, 24, 24]], (48, 64))
     torch.testing.assert_close(batch["labels"], expected)
     assert batch["image_sizes"].tolist() == [[48, 64]]
-    assert batch["input_ids"][0].tolist() == processor.tokenizer("the left dog")["input_ids"]  # [CLS] q [SEP]
+    # the processor's convention ([CLS] q), as the pipeline and the evaluation runner encode the queries
+    assert batch["input_ids"][0].tolist() == processor.encode_text("the left dog")["input_ids"][0].tolist()
     config = bert_vocab_config()
     config.box_prefix_token_id, config.box_bin_start_token_id, config.num_box_bins = 344, 345, 33
     model = MPLUGForGrounding(config)
@@ -400,3 +401,31 @@ def test_pretraining_collator_masks_fifteen_percent_as_the_original(processor):
     assert all(
         torch.isfinite(loss) for loss in (output.loss_itc, output.loss_itm, output.loss_mlm, output.loss_prefix_lm)
     )
+
+
+@pytest.mark.parametrize("weights", [[float("nan")], [float("inf")], [-0.5], ["heavy"], [None]])
+def test_vqa_collator_refuses_non_finite_or_negative_answer_weights(processor, weights):
+    example = {"image": random_image(0), "question": "how many?", "answer": ["2"], "answer_weights": weights}
+    with pytest.raises(ValueError, match="example 0 of the batch: 'answer_weights'"):
+        MPLUGVQADataCollator(processor)([example])
+
+
+def test_vqa_collator_reads_numeric_answers_as_text(processor):
+    collator = MPLUGVQADataCollator(processor)
+    numeric = collator([{"image": random_image(0), "question": "how many?", "answer": [2, 2, 3.0]}])
+    text = collator([{"image": random_image(0), "question": "how many?", "answer": ["2", "2", "3"]}])
+    assert numeric["labels"].tolist() == text["labels"].tolist()
+    assert numeric["answer_weights"].tolist() == pytest.approx(text["answer_weights"].tolist())
+    for answer in [[float("nan")], [{"a": 1}], [True]]:
+        with pytest.raises(ValueError, match="example 0 of the batch"):
+            collator([{"image": random_image(0), "question": "how many?", "answer": answer}])
+
+
+def test_grounding_collator_refuses_non_finite_boxes_and_queries_have_no_sep(processor):
+    collator = MPLUGGroundingDataCollator(processor)
+    good = {"image": random_image(0, size=(64, 48)), "text": "the dog", "bbox": [8, 4, 16, 20]}
+    with pytest.raises(ValueError, match=r"examples \[1\] of the batch have a non-finite 'bbox'"):
+        collator([good, {**good, "bbox": [8, float("nan"), 16, 20]}])
+    with pytest.raises(ValueError, match="must be 4 numbers"):
+        collator([{**good, "bbox": [8, "x", 16, 20]}])
+    assert processor.tokenizer.sep_token_id not in collator([good])["input_ids"][0].tolist()

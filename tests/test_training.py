@@ -21,12 +21,16 @@ from mplug_hf.training import (
     CheckpointCompletionCallback,
     ModelArguments,
     MPLUGTrainer,
+    NonFiniteLossError,
     add_lora,
     freeze_vision_encoder,
     last_complete_checkpoint,
     lies_under,
     prepare_model,
+    read_examples,
+    record_run,
     resolve_checkpoint,
+    run_arguments,
 )
 
 
@@ -364,6 +368,110 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_to_resume_from(tmp_p
     reloaded = MPLUGForQuestionAnswering.from_pretrained(tmp_path / "checkpoint-6")
     for name, weight in trainer.model.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[name], weight, msg=name)
+
+
+def complete_checkpoint(output_dir: Path, step: int) -> Path:
+    folder = output_dir / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "checkpoint_complete").touch()
+    return folder
+
+
+def test_a_run_resumes_only_when_asked_or_when_it_is_verifiably_the_same_run(tmp_path):
+    output = tmp_path / "out"
+    first = run_arguments(ModelArguments(model_name_or_path="a"), training_arguments(output, learning_rate=1e-3))
+    second = run_arguments(ModelArguments(model_name_or_path="a"), training_arguments(output, learning_rate=5e-4))
+    assert resolve_checkpoint(training_arguments(output), first) is None  # no folder yet
+    output.mkdir()
+    record_run(output, first)
+    checkpoint = complete_checkpoint(output, 3)
+    # the same run (same arguments; the output folder and logging do not count) resumes by itself
+    same = run_arguments(
+        ModelArguments(model_name_or_path="a"), training_arguments(output, learning_rate=1e-3, logging_steps=7)
+    )
+    assert resolve_checkpoint(training_arguments(output), same) == str(checkpoint)
+    # another run in the same folder is refused, naming what differs, and nothing is removed
+    with pytest.raises(
+        ValueError, match=r"is not empty: it holds another run \(different TrainingArguments.learning_rate"
+    ):
+        resolve_checkpoint(training_arguments(output), second)
+    with pytest.raises(ValueError, match="--overwrite_output_dir"):
+        resolve_checkpoint(training_arguments(output, resume_from_checkpoint="False"), second)
+    assert checkpoint.is_dir()
+    # asked: resume whatever it is
+    asked = training_arguments(output, resume_from_checkpoint="True")
+    assert resolve_checkpoint(asked, second) == str(checkpoint)
+    with pytest.raises(ValueError, match="no such checkpoint folder"):
+        resolve_checkpoint(training_arguments(output, resume_from_checkpoint=str(output / "checkpoint-9")), second)
+    # --resume_from_checkpoint False is honoured: the same run starts afresh (its old checkpoints removed)
+    assert resolve_checkpoint(training_arguments(output, resume_from_checkpoint="False"), first) is None
+    assert not checkpoint.exists()
+    with pytest.raises(ValueError, match="holds no complete checkpoint"):
+        resolve_checkpoint(asked, first)
+    # files without a run record (another tool's, or an older version's) are another run
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"")
+    complete_checkpoint(other, 2)
+    with pytest.raises(ValueError, match="no mplug_run.json record"):
+        resolve_checkpoint(training_arguments(other), first)
+    assert resolve_checkpoint(training_arguments(other), first, overwrite_output_dir=True) is None
+    assert sorted(p.name for p in other.iterdir()) == ["model.safetensors"]
+
+
+def test_a_second_script_run_in_the_same_output_dir_is_refused_unless_asked(tmp_path, data_dir, monkeypatch):
+    model_dir = save_tiny_model(MPLUGForQuestionAnswering, tmp_path / "model")
+    data = write_json(tmp_path / "vqa.json", vqa_examples(data_dir))
+    output = tmp_path / "out"
+    arguments = common_arguments(model_dir, output, data_dir, data, data)
+    arguments = [a for a in arguments if a != "--do_eval"]
+    run_script("run_vqa", arguments, monkeypatch)
+    trained = load_file(output / "model.safetensors")
+    assert json.loads((output / "mplug_run.json").read_text())["fingerprint"]
+    changed = [*arguments, "--learning_rate", "5e-4"]
+    with pytest.raises(ValueError, match="learning_rate"):
+        run_script("run_vqa", changed, monkeypatch)
+    assert load_file(output / "model.safetensors").keys() == trained.keys()
+    for name, weight in load_file(output / "model.safetensors").items():
+        assert torch.equal(weight, trained[name]), name  # the first run's weights are untouched
+    run_script("run_vqa", [*changed, "--overwrite_output_dir", "True"], monkeypatch)
+    assert any(not torch.equal(w, trained[n]) for n, w in load_file(output / "model.safetensors").items())
+    state = json.loads((output / "trainer_state.json").read_text())
+    assert state["global_step"] == 2  # trained its own steps, not 0 after resuming the first run
+
+
+def test_training_stops_with_a_clear_message_on_a_non_finite_loss(tmp_path, data_dir):
+    processor = MPLUGProcessor(MPLUGImageProcessor(image_size=32))
+    collator = MPLUGVQADataCollator(processor)
+
+    def poisoned(examples):  # what a NaN weight did before the collator refused it
+        batch = collator(examples)
+        batch["answer_weights"] = torch.full_like(batch["answer_weights"], float("nan"))
+        return batch
+
+    torch.manual_seed(0)
+    trainer = MPLUGTrainer(
+        model=MPLUGForQuestionAnswering(bert_vocab_config()),
+        args=training_arguments(tmp_path, max_steps=3),
+        train_dataset=fixed_vqa_batch(data_dir, processor),
+        data_collator=poisoned,
+    )
+    before = {name: weight.clone() for name, weight in trainer.model.state_dict().items()}
+    with pytest.raises(NonFiniteLossError, match="training loss is nan at step 1"):
+        trainer.train()
+    for name, weight in trainer.model.state_dict().items():
+        assert torch.equal(weight, before[name]), name  # never stepped with it
+
+
+def test_malformed_training_data_names_the_file_and_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"image": "a.png", "question": "q?"}\n\n{"image": "b.png", "question": \n')
+    with pytest.raises(ValueError, match="train.jsonl:3: not valid JSON"):
+        read_examples(str(path))
+    path = tmp_path / "train.json"
+    path.write_text('[\n  {"image": "a.png"},\n  {"image": }\n]')
+    with pytest.raises(ValueError, match="train.json:3: not valid JSON"):
+        read_examples(str(path))
 
 
 # ----------------------------------------------------------------------------------------------------------------------

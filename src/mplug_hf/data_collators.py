@@ -16,6 +16,7 @@ generator, so `torch.manual_seed` (or `Trainer`'s seed and the RNG states it che
 `DataLoader` worker draws differently.
 """
 
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -45,6 +46,34 @@ def vqa_answer_weights(answers: Sequence[str]) -> tuple[list[str], list[float]]:
     for answer in answers:
         weights[answer] = weights.get(answer, 0.0) + 1.0 / len(answers)
     return list(weights), list(weights.values())
+
+
+def _answer_text(answer, position: int, key: str) -> str:
+    """An answer as text: numbers (VQA's `2`) become their string, anything else but a string is refused."""
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        raise ValueError(f"example {position} of the batch: each {key!r} must be a string, got {answer!r}")
+    if isinstance(answer, float):
+        if not math.isfinite(answer):
+            raise ValueError(f"example {position} of the batch: {key!r} is {answer}, not an answer")
+        answer = int(answer) if answer.is_integer() else answer
+    return str(answer)
+
+
+def _finite_weights(weights, position: int, key: str) -> list[float]:
+    """`weights` as floats; NaN/inf, negative or non-numeric weights raise (they would train a NaN or inverted loss)."""
+    values = []
+    for weight in weights:
+        try:
+            value = float(weight)
+        except (TypeError, ValueError):
+            raise ValueError(f"example {position} of the batch: {key!r} must be numbers, got {weight!r}") from None
+        if not math.isfinite(value) or value < 0 or isinstance(weight, bool):
+            raise ValueError(
+                f"example {position} of the batch: {key!r} holds {weight!r}; answer weights must be finite numbers"
+                " >= 0 (a NaN weight makes the loss and then every trained weight NaN)"
+            )
+        values.append(value)
+    return values
 
 
 def _require(examples: Sequence[dict], key: str) -> list:
@@ -140,16 +169,19 @@ class MPLUGVQADataCollator(MPLUGDataCollatorMixin):
         if not _has_all(examples, self.answer_key):
             return batch
         all_answers, all_weights, counts = [], [], []
-        for example in examples:
+        for position, example in enumerate(examples):
             answers = example[self.answer_key]
-            answers = [answers] if isinstance(answers, str) else list(answers)
+            answers = [answers] if isinstance(answers, (str, int, float)) else list(answers)
+            answers = [_answer_text(answer, position, self.answer_key) for answer in answers]
             weights = example.get(self.weights_key)
             if weights is None:
                 answers, weights = vqa_answer_weights(answers)
+            elif isinstance(weights, (int, float)):
+                weights = [weights]
             if not answers or len(weights) != len(answers):
                 raise ValueError(f"need at least one answer and one weight per answer, got {answers} and {weights}")
             all_answers += answers
-            all_weights += [float(weight) for weight in weights]
+            all_weights += _finite_weights(weights, position, self.weights_key)
             counts.append(len(answers))
         targets = self.processor.encode_targets(all_answers, max_length=self.max_answer_length)
         batch["labels"] = targets["labels"]
@@ -270,9 +302,18 @@ class MPLUGGroundingDataCollator(MPLUGDataCollatorMixin):
 
     def boxes_xyxy(self, examples: Sequence[dict]) -> torch.Tensor:
         """The examples' boxes as pixel `(x1, y1, x2, y2)` `(batch, 4)`."""
-        boxes = torch.tensor([list(box) for box in _require(examples, self.box_key)], dtype=torch.float32)
+        try:
+            boxes = torch.tensor([list(box) for box in _require(examples, self.box_key)], dtype=torch.float32)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"each {self.box_key!r} must be 4 numbers: {error}") from None
         if boxes.ndim != 2 or boxes.shape[1] != 4:
             raise ValueError(f"each {self.box_key!r} must have 4 numbers, got shape {tuple(boxes.shape)}")
+        bad = (~torch.isfinite(boxes)).any(dim=1).nonzero().view(-1).tolist()
+        if bad:
+            raise ValueError(
+                f"examples {bad} of the batch have a non-finite {self.box_key!r} ({boxes[bad[0]].tolist()}); boxes must"
+                " be finite pixel coordinates"
+            )
         if self.box_format == "xywh":
             boxes = torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], dim=1)
         return boxes
@@ -303,9 +344,9 @@ class MPLUGGroundingDataCollator(MPLUGDataCollatorMixin):
                         for box, size in zip(self.boxes_xyxy(examples), data["image_sizes"])
                     ]
                 )
-        queries = self.processor.tokenizer(
-            texts, truncation=True, max_length=self.max_length, padding="longest", return_tensors="pt"
-        )
+        # the processor's convention (`[CLS] query`, as the released weights were trained), as the pipeline and the
+        # evaluation runner encode the queries at inference
+        queries = self.processor.encode_text(texts, max_length=self.max_length)
         data["input_ids"], data["attention_mask"] = queries["input_ids"], queries["attention_mask"]
         return BatchFeature(data)
 

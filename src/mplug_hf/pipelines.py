@@ -339,7 +339,8 @@ class VisualGroundingPipeline(Pipeline):
         if not isinstance(query, str) or not query.strip():
             raise ValueError("the query must be a non-empty string")
         model_inputs = self.processor.image_processor(image, mode="grounding", return_tensors="pt")
-        model_inputs.update(self.tokenizer(query, truncation=True, max_length=max_query_length, return_tensors="pt"))
+        # the processor's convention (`[CLS] query`), as the grounding collator and the evaluation runner encode it
+        model_inputs.update(self.processor.encode_text(query, max_length=max_query_length))
         return model_inputs.to(self.dtype)
 
     def _forward(self, model_inputs):

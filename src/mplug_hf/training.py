@@ -9,9 +9,12 @@ or `accelerate launch` (DDP), and with `--deepspeed ds_config.json` or `--fsdp "
 and `--resume_from_checkpoint` are `TrainingArguments` options passed through unchanged.
 """
 
+import dataclasses
+import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from .io_utils import atomic_write_json
 from .modeling_mplug import MPLUGVisionModel
 
 
@@ -72,13 +76,28 @@ class DataArguments:
 
 
 def read_examples(path: str) -> list[dict]:
-    """A JSON file holding a list of examples (or `{"images": [...]}` as Karpathy's `dataset_coco.json`), or JSONL."""
+    """A JSON file holding a list of examples (or `{"images": [...]}` as Karpathy's `dataset_coco.json`), or JSONL.
+    A malformed file raises a ValueError naming the file and line."""
     if not os.path.isfile(path):
         raise ValueError(f"data file not found: {path}")
     with open(path, encoding="utf-8") as handle:
         if path.endswith((".jsonl", ".jsonlines")):
-            return [json.loads(line) for line in handle if line.strip()]
-        data = json.load(handle)
+            examples = []
+            for line_number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    example = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+                if not isinstance(example, dict):
+                    raise ValueError(f"{path}:{line_number}: each line must be a JSON object")
+                examples.append(example)
+            return examples
+        try:
+            data = json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
     if isinstance(data, dict) and isinstance(data.get("images"), list):
         data = data["images"]
     if not isinstance(data, list) or not all(isinstance(example, dict) for example in data):
@@ -173,6 +192,11 @@ class MPLUGTrainer(Trainer):
             raise ValueError(f"learning-rate scales must be >= 0, got {self.learning_rate_scales}")
         super().__init__(*args, **kwargs)
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        check_finite_loss(loss, self.state.global_step)
+        return loss
+
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.optimizer is not None or not self.learning_rate_scales:
             return super().create_optimizer(model)
@@ -197,7 +221,67 @@ class MPLUGTrainer(Trainer):
         return optimizer
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped: the loss became NaN or infinite (nothing further is trained or saved)."""
+
+
+def check_finite_loss(loss: torch.Tensor, step: int) -> None:
+    """Raise [`NonFiniteLossError`] when `loss` is NaN/inf: continuing would turn every weight NaN and save them."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise NonFiniteLossError(
+            f"the training loss is {loss.detach().float().mean().item()} at step {step + 1}: stopping before the"
+            " weights are updated with it and saved. Check the data (non-finite answer weights, labels), lower the"
+            " learning rate, or train in float32/bf16 instead of fp16."
+        )
+
+
+class NonFiniteLossCallback(TrainerCallback):
+    """For a plain `Trainer`: stop with [`NonFiniteLossError`] when a logged training loss is NaN/inf (at logging
+    steps only; [`MPLUGTrainer`] checks every step)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            check_finite_loss(torch.tensor(float(logs["loss"])), state.global_step - 1)
+
+
 CHECKPOINT_COMPLETE = "checkpoint_complete"
+RUN_FILE = "mplug_run.json"
+# TrainingArguments that do not change what is trained: a run differing only in these is the same run.
+_RUN_NEUTRAL_ARGUMENTS = {
+    "output_dir", "logging_dir", "resume_from_checkpoint", "report_to", "disable_tqdm", "run_name", "do_eval",
+    "do_predict", "per_device_eval_batch_size", "eval_strategy", "eval_steps", "logging_steps", "logging_strategy",
+    "logging_first_step", "save_total_limit", "push_to_hub", "hub_model_id", "hub_token", "hub_strategy",
+    "dataloader_num_workers", "local_rank", "overwrite_output_dir",
+}  # fmt: skip
+
+
+@dataclass
+class OutputArguments:
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an --output_dir that holds another run (its checkpoint-* folders are removed). "
+            "Without it such a folder is refused; a folder of the same run (same arguments) is resumed."
+        },
+    )
+
+
+def run_arguments(*argument_sets) -> dict:
+    """The arguments that define a run (dataclasses or dicts; TrainingArguments without the run-neutral ones)."""
+    arguments = {}
+    for values in argument_sets:
+        if isinstance(values, TrainingArguments):
+            content = {k: v for k, v in values.to_dict().items() if k not in _RUN_NEUTRAL_ARGUMENTS}
+        elif dataclasses.is_dataclass(values):
+            content = dataclasses.asdict(values)
+        else:
+            content = dict(values)
+        arguments[type(values).__name__] = content
+    return json.loads(json.dumps(arguments, sort_keys=True, default=str))
+
+
+def run_fingerprint(arguments: dict) -> str:
+    return hashlib.sha256(json.dumps(arguments, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 class CheckpointCompletionCallback(TrainerCallback):
@@ -222,24 +306,111 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return None
 
 
-def resolve_checkpoint(training_args: TrainingArguments) -> str | None:
-    """`--resume_from_checkpoint PATH` (or `True` for the latest complete one), else the latest complete checkpoint
-    in `output_dir` unless `--overwrite_output_dir`."""
+def stored_run(output_dir: str | os.PathLike) -> dict | None:
+    """The run record (`mplug_run.json`: fingerprint and arguments) of `output_dir`, or None."""
+    path = Path(output_dir, RUN_FILE)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and "fingerprint" in record else None
+
+
+def _differences(stored: dict, current: dict, prefix: str = "") -> list[str]:
+    names = []
+    for key in sorted(set(stored) | set(current)):
+        a, b = stored.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            names.append(f"{prefix}{key}")
+    return names
+
+
+def resolve_checkpoint(
+    training_args: TrainingArguments, arguments: dict | None = None, overwrite_output_dir: bool = False
+) -> str | None:
+    """
+    The checkpoint to resume from, resuming only when asked or when `output_dir` verifiably holds the same run:
+
+    * `--resume_from_checkpoint PATH`: that checkpoint (it must exist); `True`: the latest complete one in
+      `output_dir` (there must be one).
+    * `--resume_from_checkpoint False`: never resume.
+    * not given: the latest complete checkpoint when `output_dir`'s run record (`mplug_run.json`) has the same
+      `arguments` (fingerprint), else start afresh.
+
+    Unless resuming, a non-empty `output_dir` of another run (another fingerprint, or no record) raises a ValueError
+    naming what differs, before any training; `overwrite_output_dir` starts afresh there (removing its checkpoints).
+    """
+    checkpoint, start_afresh = _resume_decision(training_args, arguments, overwrite_output_dir)
+    if start_afresh:
+        # a fresh start must not mix with (or later resume from) the checkpoints of the run it replaces
+        for entry in os.scandir(training_args.output_dir):
+            if entry.is_dir() and re.fullmatch(r"checkpoint-\d+", entry.name):
+                shutil.rmtree(entry.path)
+    return checkpoint
+
+
+def _resume_decision(
+    training_args: TrainingArguments, arguments: dict | None, overwrite_output_dir: bool
+) -> tuple[str | None, bool]:
+    """(checkpoint to resume or None, whether to remove the folder's checkpoints first); raises for another run."""
     resume = training_args.resume_from_checkpoint
-    if resume not in (None, "", "False", "false"):
-        if resume in (True, "True", "true"):
-            return last_complete_checkpoint(training_args.output_dir)
-        return resume
-    if not getattr(training_args, "overwrite_output_dir", False):
-        return last_complete_checkpoint(training_args.output_dir)
-    return None
+    output_dir = training_args.output_dir
+    if resume in (True, "True", "true"):
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            raise ValueError(f"--resume_from_checkpoint True: {output_dir} holds no complete checkpoint-N to resume")
+        return checkpoint, False
+    if resume not in (None, "", False, "False", "false"):
+        if not os.path.isdir(resume):
+            raise ValueError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+        return resume, False
+    record = stored_run(output_dir)
+    same_run = arguments is not None and record is not None and record["fingerprint"] == run_fingerprint(arguments)
+    explicitly_fresh = resume in (False, "False", "false")
+    if same_run and not explicitly_fresh and not overwrite_output_dir:
+        return last_complete_checkpoint(output_dir), False
+    occupied = os.path.isdir(output_dir) and any(os.scandir(output_dir))
+    if occupied and not same_run:
+        if not overwrite_output_dir:
+            if record is None:
+                what = "files of another run (no mplug_run.json record)"
+            else:
+                changed = _differences(record.get("arguments", {}), arguments or {})
+                what = "another run (different " + ", ".join(changed[:8]) + ("…" if len(changed) > 8 else "") + ")"
+            raise ValueError(
+                f"--output_dir {output_dir} is not empty: it holds {what}. Pass --resume_from_checkpoint True (or a"
+                " checkpoint folder) to resume it, --overwrite_output_dir True to start afresh there, or another"
+                " --output_dir."
+            )
+    return None, occupied and (overwrite_output_dir or explicitly_fresh)
 
 
-def train_and_save(trainer: Trainer, processor, training_args: TrainingArguments) -> PreTrainedModel:
-    """Train (resuming when a checkpoint is found), save the model — LoRA merged into the weights — and the
-    processor to `output_dir`, log the train metrics; returns the trained (merged) model."""
+def record_run(output_dir: str | os.PathLike, arguments: dict) -> None:
+    """Write `mplug_run.json` (the run's fingerprint and arguments) atomically."""
+    atomic_write_json(
+        Path(output_dir, RUN_FILE), {"fingerprint": run_fingerprint(arguments), "arguments": arguments}, indent=1
+    )
+
+
+def train_and_save(
+    trainer: Trainer,
+    processor,
+    training_args: TrainingArguments,
+    arguments: dict | None = None,
+    overwrite_output_dir: bool = False,
+) -> PreTrainedModel:
+    """Train (resuming only as [`resolve_checkpoint`] decides), save the model — LoRA merged into the weights — and
+    the processor to `output_dir`, log the train metrics; returns the trained (merged) model. `arguments` (see
+    [`run_arguments`]) identify the run: they are recorded in `output_dir/mplug_run.json`."""
     trainer.add_callback(CheckpointCompletionCallback())
-    result = trainer.train(resume_from_checkpoint=resolve_checkpoint(training_args))
+    checkpoint = resolve_checkpoint(training_args, arguments, overwrite_output_dir)
+    if arguments is not None and trainer.is_world_process_zero():
+        record_run(training_args.output_dir, arguments)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
     model = trainer.accelerator.unwrap_model(trainer.model)
     if hasattr(model, "merge_and_unload"):
         tied = model.get_base_model().config.tie_word_embeddings
@@ -301,8 +472,11 @@ def fine_tune(
         evaluate: `(runner, records, task_args, output_dir) -> metrics or None`, records being the validation split.
         prepare_train_dataset: `(dataset, task_args) -> dataset`, e.g. to flatten the original annotation format.
     """
-    parser = HfArgumentParser((ModelArguments, DataArguments, task_arguments, TrainingArguments))
-    model_args, data_args, task_args, training_args = parser.parse_args_into_dataclasses()
+    parser = HfArgumentParser((ModelArguments, DataArguments, task_arguments, TrainingArguments, OutputArguments))
+    model_args, data_args, task_args, training_args, output_args = parser.parse_args_into_dataclasses()
+    arguments = run_arguments(model_args, data_args, task_args, training_args)
+    if training_args.do_train:  # a non-empty output_dir of another run is refused before the model loads
+        _resume_decision(training_args, arguments, output_args.overwrite_output_dir)
     training_args.remove_unused_columns = False  # the collators read the raw columns
     model, processor = load_model_and_processor(model_class, model_args)
     train_dataset = load_split(data_args, "train") if training_args.do_train else None
@@ -322,7 +496,7 @@ def fine_tune(
         learning_rate_scales=scales,
     )
     if training_args.do_train:
-        model = train_and_save(trainer, processor, training_args)
+        model = train_and_save(trainer, processor, training_args, arguments, output_args.overwrite_output_dir)
     if training_args.do_eval and trainer.is_world_process_zero():
         runner = evaluation_runner(model, processor, data_args, training_args)
         log_evaluation(trainer, evaluate(runner, evaluation_records(data_args), task_args, training_args.output_dir))
@@ -333,6 +507,14 @@ __all__ = [
     "DataArguments",
     "MPLUGTrainer",
     "ModelArguments",
+    "NonFiniteLossCallback",
+    "NonFiniteLossError",
+    "OutputArguments",
+    "check_finite_loss",
+    "record_run",
+    "run_arguments",
+    "run_fingerprint",
+    "stored_run",
     "add_lora",
     "evaluation_records",
     "fine_tune",

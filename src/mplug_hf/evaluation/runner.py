@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..image_processing_mplug import load_image, sample_frames
 from ..io_utils import atomic_open, atomic_write_json
+from ..io_utils import atomic_open, atomic_write_json
 from ..modeling_mplug import MPLUGForCaptioning, MPLUGForQuestionAnswering, MPLUGForRetrieval
 from ..processing_mplug import MPLUGProcessor
 from ..scoring import rerank_with_itm
@@ -474,17 +475,11 @@ def ground_phrases(runner: EvaluationRunner, records: Sequence[dict], max_length
     """
     require_field(records, "image")
     require_field(records, "text")
-    tokenizer = runner.processor.tokenizer
 
     def collate(items: list) -> dict:
         batch = runner.pixel_values([record["image"] for record in items], mode="grounding")
-        queries = tokenizer(
-            [record["text"] for record in items],
-            truncation=True,
-            max_length=max_length,
-            padding="longest",
-            return_tensors="pt",
-        )
+        # the processor's convention (`[CLS] query`), as the grounding collator trains and the pipeline answers
+        queries = runner.processor.encode_text([record["text"] for record in items], max_length=max_length)
         batch.update(input_ids=queries["input_ids"], attention_mask=queries["attention_mask"])
         return batch
 
