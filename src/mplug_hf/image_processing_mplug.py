@@ -16,6 +16,7 @@
 import io
 import os
 import re
+import urllib.request
 from typing import Literal
 
 import numpy as np
@@ -143,6 +144,8 @@ def _pil_to_rgb(image: Image.Image) -> Image.Image:
     white (as transformers' `convert_to_rgb`), everything else through PIL's conversion."""
     if image.mode in _HIGH_DEPTH_MODES:
         image = _high_depth_to_8_bit(image)
+    if image.mode == "La":  # premultiplied alpha: PIL converts it only to LA
+        image = image.convert("LA")
     if "A" in image.getbands() or "a" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -170,13 +173,11 @@ def _open_image(source: str) -> Image.Image:
         if scheme not in ("http", "https"):
             raise ValueError(f"cannot read image {source}: only http(s) URLs and local paths are supported")
         try:
-            import httpx
-
-            response = httpx.get(source, timeout=URL_DOWNLOAD_TIMEOUT, follow_redirects=True)
-            response.raise_for_status()
+            with urllib.request.urlopen(source, timeout=URL_DOWNLOAD_TIMEOUT) as response:
+                content = response.read()
         except Exception as error:
             raise ValueError(f"cannot download the image URL {source}: {error}") from error
-        data, name = io.BytesIO(response.content), f"downloaded from {source}"
+        data, name = io.BytesIO(content), f"downloaded from {source}"
     else:
         if os.path.isdir(source):
             raise ValueError(
@@ -216,7 +217,7 @@ def to_pil_image(image, input_data_format: str | ChannelDimension | None = None)
     """One image input → a PIL image, upright (EXIF applied), not yet converted to RGB; see [`load_image`]."""
     if isinstance(image, (str, os.PathLike)):
         return _open_image(os.fspath(image))
-    if torch.is_tensor(image) or isinstance(image, np.ndarray):
+    if torch.is_tensor(image) or isinstance(image, (np.ndarray, np.generic)):
         return _array_to_pil(image, input_data_format)
     if not isinstance(image, Image.Image):
         raise ValueError(
