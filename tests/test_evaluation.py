@@ -527,3 +527,123 @@ def test_grounding_accuracy_hand_worked():
     )
     with pytest.raises(ValueError, match="num_samples, 4"):
         grounding_accuracy(predictions, ground_truths[:2])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Bad data: numeric answers, single answers, malformed files named by file and line, checked before the run
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_numeric_human_answers_score_as_strings():
+    assert vqa_accuracy("2", [2, 2, 2]) == pytest.approx(2 / 3)  # as for ["2", "2", "2"] (was 0)
+    assert vqa_accuracy("2", [2, 2, 2]) == vqa_accuracy("2", ["2", "2", "2"])
+    assert vqa_accuracy("2", [2.0] * 10) == 1.0 and vqa_accuracy(2, ["2"] * 10) == 1.0
+    result = evaluate_vqa([{"question_id": 1, "answer": "2"}], [{"question_id": 1, "answers": [2] * 10}])
+    assert result["overall"] == 100.0
+    with pytest.raises(ValueError, match="must be strings"):
+        vqa_accuracy("2", [None])
+
+
+def test_single_answer_data_warns_under_the_leave_one_out_rule():
+    with pytest.warns(UserWarning, match="1 of 2 questions .* single human answer.* scores them 0"):
+        result = evaluate_vqa(
+            [{"question_id": 1, "answer": "yes"}, {"question_id": 2, "answer": "no"}],
+            [{"question_id": 1, "answers": "yes"}, {"question_id": 2, "answers": ["no"] * 10}],
+        )
+    assert result["overall"] == 50.0  # the single answer matches and still scores 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate_vqa([{"question_id": 1, "answer": "no"}], [{"question_id": 1, "answers": ["no"] * 10}])
+
+
+def test_malformed_evaluation_files_name_the_file_and_line(tmp_path):
+    from mplug_hf.evaluation.runner import load_records, require_field
+
+    path = tmp_path / "vqa.jsonl"
+    path.write_text('{"image": "a.png", "question": "q?"}\n\n{"image": "b.png", "question": }\n')
+    with pytest.raises(ValueError, match=r"vqa.jsonl:3: not valid JSON"):
+        load_records(str(path))
+    path.write_text('{"image": "a.png", "question": "q?"}\n\n{"image": "b.png"}\n[1]\n')
+    with pytest.raises(ValueError, match=r"vqa.jsonl:4: a record must be a JSON object"):
+        load_records(str(path))
+    path.write_text('{"image": "a.png", "question": "q?"}\n\n{"image": "b.png"}\n')
+    records = load_records(str(path))
+    with pytest.raises(ValueError, match=r"vqa.jsonl:3: no 'question' field"):
+        require_field(records, "question")
+    json_path = tmp_path / "vqa.json"
+    json_path.write_text('[\n {"image": "a.png"},\n {"image": ,}\n]')
+    with pytest.raises(ValueError, match=r"vqa.json:3: not valid JSON"):
+        load_records(str(json_path))
+
+
+class _RecordingRunner:
+    """A stand-in EvaluationRunner: the real processor, a model that records its inputs."""
+
+    visual_field = "image"
+
+    def __init__(self):
+        from mplug_hf import MPLUGImageProcessor, MPLUGProcessor
+
+        self.processor = MPLUGProcessor(MPLUGImageProcessor(image_size=32))
+        self.seen = []
+        runner = self
+
+        class Model:
+            def predict_boxes(self, input_ids, attention_mask, pixel_values):
+                runner.seen.append(input_ids)
+                return torch.full((len(input_ids), 4), 0.5)
+
+        self.model = Model()
+
+    def pixel_values(self, visuals, mode="default"):
+        return {
+            "pixel_values": torch.zeros(len(visuals), 3, 32, 32),
+            "image_sizes": torch.tensor([[32, 32]] * len(visuals)),
+        }
+
+    def batches(self, items, collate, description):
+        yield collate(list(items))
+
+
+def test_grounding_queries_are_encoded_as_the_processor_encodes_them():
+    from mplug_hf.evaluation.runner import ground_phrases
+
+    runner = _RecordingRunner()
+    ground_phrases(runner, [{"image": "a.png", "text": "the left dog"}, {"image": "b.png", "text": "a cat"}])
+    expected = runner.processor.encode_text(["the left dog", "a cat"], max_length=20)["input_ids"]
+    assert runner.seen[0].tolist() == expected.tolist()
+    assert runner.processor.tokenizer.sep_token_id not in runner.seen[0][0].tolist()  # [CLS] q, no [SEP]
+
+
+def test_evaluation_data_is_checked_before_the_run(tmp_path, monkeypatch):
+    import mplug_hf.evaluation.runner as runner_module
+
+    def never(*args, **kwargs):
+        raise AssertionError("the long run started on bad data")
+
+    monkeypatch.setattr(runner_module, "answer_questions", never)
+    monkeypatch.setattr(runner_module, "ground_phrases", never)
+    path = tmp_path / "data.jsonl"
+    runner = _RecordingRunner()
+    cases = [
+        ("vqa", '{"image": "a.png", "question": "q?", "answers": ["x", "x"]}\n{"image": "a.png", "question": "q?"}\n',
+         "data.jsonl:2: no reference answers"),
+        ("vqa", '{"image": "a.png", "question": ""}\n', "data.jsonl:1: 'question' must be a non-empty string"),
+        ("vqa", '{"image": "a.png", "question": "q?", "answers": [{"a": 1}]}\n', "data.jsonl:1: answers must be"),
+        ("grounding", '{"image": "a.png", "text": "dog", "bbox": [1, 2, 3]}\n',
+         r"data.jsonl:1: 'bbox' must be 4 finite numbers"),
+        ("grounding", '{"image": "a.png", "text": "dog", "bbox": [1, 2, 3, NaN]}\n',
+         r"data.jsonl:1: 'bbox' must be 4 finite numbers"),
+    ]  # fmt: skip
+    for task, text, message in cases:
+        path.write_text(text)
+        records = runner_module.load_records(str(path))
+        with pytest.raises(ValueError, match=message):
+            if task == "vqa":
+                runner_module.run_question_answering(runner, records, tmp_path / "out")
+            else:
+                runner_module.run_grounding(runner, records, tmp_path / "out")
+    path.write_text('{"image": "a.png", "question": "q?", "answers": "yes"}\n')
+    with pytest.warns(UserWarning, match="single human answer"), pytest.raises(AssertionError, match="long run"):
+        runner_module.run_question_answering(runner, runner_module.load_records(str(path)), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

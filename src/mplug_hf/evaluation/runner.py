@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..image_processing_mplug import load_image, sample_frames
+from ..io_utils import atomic_open, atomic_write_json
 from ..io_utils import atomic_open, atomic_write_json
 from ..io_utils import atomic_open, atomic_write_json
 from ..modeling_mplug import MPLUGForCaptioning, MPLUGForQuestionAnswering, MPLUGForRetrieval
@@ -86,14 +88,27 @@ def load_records(
     the field names the scripts read to the dataset's column names.
     """
     path = Path(data)
+    locations = None
     if path.is_file() and path.suffix == ".jsonl":
+        records, locations = [], []
         with open(path, encoding="utf-8") as file:
-            records = [json.loads(line) for line in file if line.strip()]
+            for line_number, line in enumerate(file, 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{data}:{line_number}: not valid JSON ({error.msg})") from None
+                locations.append(f"{data}:{line_number}")
     elif path.is_file():
         with open(path, encoding="utf-8") as file:
-            records = json.load(file)
+            try:
+                records = json.load(file)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{data}:{error.lineno}: not valid JSON ({error.msg})") from None
         if not isinstance(records, list):
             raise ValueError(f"{data} must hold a JSON list of records, got {type(records).__name__}")
+        locations = [f"{data} record {index}" for index in range(len(records))]
     else:
         import datasets
 
@@ -112,20 +127,77 @@ def load_records(
         records = records[:limit]
     if not records:
         raise ValueError(f"{data} holds no records")
+    records = Records(
+        records, locations[: len(records)] if locations else [f"{data} record {i}" for i in range(len(records))]
+    )
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise ValueError(f"{records.where(index)}: a record must be a JSON object, got {type(record).__name__}")
     for field, column in (columns or {}).items():
         for index, record in enumerate(records):
             if column not in record:
-                raise ValueError(f"record {index} has no column {column!r} (mapped to {field!r})")
+                raise ValueError(f"{records.where(index)}: no column {column!r} (mapped to {field!r})")
             record[field] = record[column]
     return records
+
+
+class Records(list):
+    """The records of [`load_records`], remembering where each came from (`file:line`) for error messages."""
+
+    def __init__(self, records: Iterable[dict], locations: Sequence[str]):
+        super().__init__(records)
+        self.locations = list(locations)
+
+    def where(self, index: int) -> str:
+        return self.locations[index] if index < len(self.locations) else f"record {index}"
+
+
+def where(records: Sequence[dict], index: int) -> str:
+    """`file:line` of a record of [`load_records`], `record N` for records from elsewhere."""
+    return records.where(index) if isinstance(records, Records) else f"record {index}"
 
 
 def require_field(records: Sequence[dict], field: str) -> None:
     for index, record in enumerate(records):
         if field not in record:
             raise ValueError(
-                f"record {index} has no {field!r} field (has {sorted(record)}); map a column with --column {field}=NAME"
+                f"{where(records, index)}: no {field!r} field (has {sorted(record)}); map a column with"
+                f" --column {field}=NAME"
             )
+
+
+def require_text(records: Sequence[dict], field: str) -> None:
+    """Every record's `field` is a non-empty string (checked before a long run, not in the middle of it)."""
+    require_field(records, field)
+    for index, record in enumerate(records):
+        value = record[field]
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{where(records, index)}: {field!r} must be a non-empty string, got {value!r}")
+
+
+def answer_text(answer, location: str) -> str:
+    """A human answer as text: numbers (VQA's `2`) become their string; anything else but a string is refused."""
+    if isinstance(answer, str):
+        return answer
+    if isinstance(answer, bool) or not isinstance(answer, (int, float)):
+        raise ValueError(f"{location}: answers must be strings (or numbers), got {answer!r}")
+    if isinstance(answer, float) and answer.is_integer():
+        answer = int(answer)
+    return str(answer)
+
+
+def reference_boxes(records: Sequence[dict], field: str = "bbox") -> torch.Tensor:
+    """The records' boxes `(n, 4)`; a record whose box is not 4 finite numbers raises naming it."""
+    require_field(records, field)
+    for index, record in enumerate(records):
+        box = record[field]
+        if (
+            not isinstance(box, (list, tuple))
+            or len(box) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in box)
+        ):
+            raise ValueError(f"{where(records, index)}: {field!r} must be 4 finite numbers, got {box!r}")
+    return torch.tensor([record[field] for record in records], dtype=torch.float64)
 
 
 def visual_id(record: dict, field: str, index: int):
@@ -152,7 +224,11 @@ def group_by_visual(records: Sequence[dict], field: str, text_field: str) -> lis
     for index, record in enumerate(records):
         key = visual_id(record, field, index)
         texts = record[text_field]
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) and t.strip() for t in texts):
+            raise ValueError(
+                f"{where(records, index)}: {text_field!r} must be a non-empty string or a list of them, got {texts!r}"
+            )
         if key not in groups:
             groups[key] = {"id": key, "visual": record[field], "texts": []}
         groups[key]["texts"].extend(texts)
@@ -290,7 +366,7 @@ def answer_questions(
         `[{"question_id", "answer"}]` (the VQA result-file format); records without `question_id` get their index.
     """
     require_field(records, runner.visual_field)
-    require_field(records, "question")
+    require_text(records, "question")
     model, processor = runner.model, runner.processor
     candidates = None
     if answer_list is not None:
@@ -329,12 +405,41 @@ def answer_questions(
     return results
 
 
-def reference_answers(record: dict) -> list[str] | None:
-    """A record's human answers: `answers` or `answer` (the original files' field), a list or a single string."""
+def reference_answers(record: dict, location: str = "record") -> list[str] | None:
+    """A record's human answers: `answers` or `answer` (the original files' field), a list or a single string;
+    numbers (`[2, 2, 2]`) become strings, as the predictions are."""
     answers = record.get("answers", record.get("answer"))
     if answers is None:
         return None
-    return [answers] if isinstance(answers, str) else list(answers)
+    if isinstance(answers, dict) or not isinstance(answers, (str, int, float, list, tuple)):
+        raise ValueError(f"{location}: the answers must be a string or a list, got {answers!r}")
+    answers = [answers] if isinstance(answers, (str, int, float)) else list(answers)
+    return [answer_text(answer, location) for answer in answers]
+
+
+def check_answer_references(records: Sequence[dict], metric: str = "vqa") -> list[list[str]] | None:
+    """
+    The records' reference answers, validated before any answering: all records or none have answers, each
+    answer a string or number. With the VQA v2 metric, questions with a single human answer warn: its
+    leave-one-out rule scores them 0 whatever the prediction (use `--metric exact` for one-answer data).
+    """
+    references = [reference_answers(record, where(records, index)) for index, record in enumerate(records)]
+    if all(answers is None for answers in references):
+        return None
+    missing = [where(records, index) for index, answers in enumerate(references) if not answers]
+    if missing:
+        raise ValueError(f"{', '.join(missing[:5])}: no reference answers while other records have them")
+    if metric == "vqa":
+        single = [index for index, answers in enumerate(references) if len(answers) == 1]
+        if single:
+            warnings.warn(
+                f"{len(single)} of {len(references)} questions (first: {where(records, single[0])}) have a single"
+                " human answer: the VQA v2 accuracy (leave-one-out over the human answers) scores them 0 whatever"
+                " the prediction; use the exact-match metric (--metric exact) for one-answer data",
+                UserWarning,
+                stacklevel=2,
+            )
+    return references
 
 
 def answer_metrics(predictions: Sequence[dict], records: Sequence[dict], metric: str = "vqa") -> dict | None:
@@ -346,14 +451,13 @@ def answer_metrics(predictions: Sequence[dict], records: Sequence[dict], metric:
     """
     if metric not in ("vqa", "exact"):
         raise ValueError(f"metric must be 'vqa' or 'exact', got {metric!r}")
-    references = [reference_answers(record) for record in records]
-    if all(answers is None for answers in references):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # warned before the run (run_question_answering)
+        references = check_answer_references(records, metric)
+    if references is None:
         return None
-    missing = [index for index, answers in enumerate(references) if not answers]
-    if missing:
-        raise ValueError(f"records {missing[:10]} have no reference answers while others do")
     if metric == "exact":
-        correct = [prediction["answer"] in answers for prediction, answers in zip(predictions, references)]
+        correct = [str(prediction["answer"]) in answers for prediction, answers in zip(predictions, references)]
         return {"accuracy": 100.0 * sum(correct) / len(correct)}
     annotations = [
         {"question_id": prediction["question_id"], "answers": answers, "answer_type": record.get("answer_type")}
@@ -474,7 +578,7 @@ def ground_phrases(runner: EvaluationRunner, records: Sequence[dict], max_length
         `(num_records, 4)` pixel (x1, y1, x2, y2) boxes of the input images.
     """
     require_field(records, "image")
-    require_field(records, "text")
+    require_text(records, "text")
 
     def collate(items: list) -> dict:
         batch = runner.pixel_values([record["image"] for record in items], mode="grounding")
@@ -550,7 +654,13 @@ def run_question_answering(
     metric: str = "vqa",
     **answer_kwargs,
 ) -> dict | None:
-    """Answer, write `vqa_result.json` and score it ([`answer_questions`], [`answer_metrics`])."""
+    """Answer, write `vqa_result.json` and score it ([`answer_questions`], [`answer_metrics`]). The records (and
+    their reference answers) are checked before answering."""
+    if metric not in ("vqa", "exact"):
+        raise ValueError(f"metric must be 'vqa' or 'exact', got {metric!r}")
+    require_field(records, runner.visual_field)
+    require_text(records, "question")
+    check_answer_references(records, metric)
     predictions = answer_questions(runner, records, answer_list, **answer_kwargs)
     path = write_json(Path(output_dir) / "vqa_result.json", predictions)
     print(f"wrote {len(predictions)} answers to {path}")
@@ -649,6 +759,11 @@ def run_grounding(
     """
     if box_format not in ("xywh", "xyxy"):
         raise ValueError(f"box_format must be 'xywh' or 'xyxy', got {box_format!r}")
+    # the data is checked before the run, not after it
+    require_field(records, "image")
+    require_text(records, "text")
+    has_references = any("bbox" in record for record in records)
+    targets = reference_boxes(records) if has_references else None
     boxes = ground_phrases(runner, records, max_length=max_length)
     results = [
         {"id": record.get("id", index), "text": record["text"], "box": [round(value, 2) for value in box.tolist()]}
@@ -656,11 +771,9 @@ def run_grounding(
     ]
     path = write_json(Path(output_dir) / "grounding_result.json", results)
     print(f"wrote {len(results)} boxes to {path}")
-    if not any("bbox" in record for record in records):
+    if not has_references:
         print("the records have no reference boxes: nothing to score")
         return None
-    require_field(records, "bbox")
-    targets = torch.tensor([record["bbox"] for record in records], dtype=torch.float64)
     if box_format == "xywh":
         targets[:, 2:] += targets[:, :2]
     predicted = torch.tensor([result["box"] for result in results], dtype=torch.float64)

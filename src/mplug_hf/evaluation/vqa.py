@@ -1,6 +1,7 @@
 """Official VQA v2 accuracy (the rules of the VQA challenge's `vqaEval.py`, re-implemented)."""
 
 import re
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -88,6 +89,17 @@ def normalize_vqa_answer(answer: str) -> str:
     return _process_digits_and_articles(_process_punctuation(answer))
 
 
+def _as_text(answer) -> str:
+    """Answers as text: numbers (`2`, `2.0`) become `"2"` (annotations with numeric answers score as strings)."""
+    if isinstance(answer, str):
+        return answer
+    if isinstance(answer, bool) or not isinstance(answer, (int, float)):
+        raise ValueError(f"answers must be strings (or numbers), got {answer!r}")
+    if isinstance(answer, float) and answer.is_integer():
+        answer = int(answer)
+    return str(answer)
+
+
 def vqa_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
     """
     Official VQA accuracy of one predicted answer.
@@ -109,7 +121,8 @@ def vqa_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
     """
     if len(gt_answers) == 0:
         raise ValueError("`gt_answers` is empty: VQA accuracy needs at least one human answer.")
-    prediction = normalize_vqa_answer(prediction)
+    gt_answers = [_as_text(answer) for answer in gt_answers]
+    prediction = normalize_vqa_answer(_as_text(prediction))
     if len(set(gt_answers)) > 1:
         gt_answers = [_process_punctuation(answer) for answer in gt_answers]
     is_match = [answer == prediction for answer in gt_answers]
@@ -148,6 +161,18 @@ def evaluate_vqa(predictions: Sequence[dict], annotations: Sequence[dict]) -> di
             raise ValueError(f"Question id {question_id!r} is predicted more than once.")
         answer_by_question[question_id] = prediction["answer"]
 
+    annotations = [
+        {**a, "answers": [a["answers"]]} if isinstance(a.get("answers"), (str, int, float)) else a for a in annotations
+    ]
+    single = [a["question_id"] for a in annotations if len(a["answers"]) == 1]
+    if single:
+        warnings.warn(
+            f"{len(single)} of {len(annotations)} questions (e.g. {single[0]!r}) have a single human answer: the VQA v2"
+            " accuracy (leave-one-out over the human answers) scores them 0 whatever the prediction; use exact match"
+            " for one-answer data",
+            UserWarning,
+            stacklevel=2,
+        )
     annotated_ids = set()
     accuracies = []
     accuracies_by_type = defaultdict(list)
