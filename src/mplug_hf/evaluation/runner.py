@@ -20,8 +20,6 @@ from tqdm.auto import tqdm
 
 from ..image_processing_mplug import load_image, sample_frames
 from ..io_utils import atomic_open, atomic_write_json
-from ..io_utils import atomic_open, atomic_write_json
-from ..io_utils import atomic_open, atomic_write_json
 from ..modeling_mplug import MPLUGForCaptioning, MPLUGForQuestionAnswering, MPLUGForRetrieval
 from ..processing_mplug import MPLUGProcessor
 from ..scoring import rerank_with_itm
