@@ -102,3 +102,61 @@ def test_save_and_load_through_auto_processor(processor, tmp_path):
     image = rgb_image()
     assert torch.equal(loaded(images=image, text="hi")["input_ids"], processor(images=image, text="hi")["input_ids"])
     assert torch.equal(loaded(images=image)["pixel_values"], processor(images=image)["pixel_values"])
+
+
+def test_text_kwargs_and_flat_keywords_use_transformers_merging(processor):
+    flat = processor(text=["a red cat", "dog"], max_length=6, padding="max_length")
+    nested = processor(text=["a red cat", "dog"], text_kwargs={"max_length": 6, "padding": "max_length"})
+    assert (
+        flat["input_ids"].tolist()
+        == nested["input_ids"].tolist()
+        == [[101, 1037, 2417, 4937, 0, 0], [101, 3899, 0, 0, 0, 0]]
+    )
+    # truncation keeps [CLS] + the first max_length - 1 pieces, as the original
+    assert processor(text="one two three four five", max_length=3)["input_ids"].tolist() == [[101, 2028, 2048]]
+    assert processor(text="one two three", truncation=False, max_length=2, padding=False)["input_ids"].shape[1] == 4
+    left = processor(text=["a red cat", "dog"], padding_side="left")
+    assert left["input_ids"].tolist() == [[101, 1037, 2417, 4937], [0, 0, 101, 3899]]
+    assert processor(text="dog", pad_to_multiple_of=4)["input_ids"].shape == (1, 4)
+    assert "attention_mask" not in processor(text="dog", return_attention_mask=False)
+    assert processor(text="dog", return_token_type_ids=True)["token_type_ids"].tolist() == [[0, 0]]
+    as_lists = processor(text="dog", return_tensors=None)
+    assert as_lists["input_ids"] == [[101, 3899]]
+    as_numpy = processor(images=rgb_image(), text="dog", return_tensors="np")
+    assert isinstance(as_numpy["pixel_values"], np.ndarray) and isinstance(as_numpy["input_ids"], np.ndarray)
+
+
+def test_conflicting_and_unsupported_kwargs_raise(processor):
+    with pytest.raises(ValueError, match="max_length was passed two times"):
+        processor(text="dog", max_length=4, text_kwargs={"max_length": 5})
+    with pytest.raises(ValueError, match="mode was passed two times"):
+        processor(images=rgb_image(), mode="grounding", images_kwargs={"mode": "grounding"})
+    with pytest.raises(ValueError, match="encode_targets"):
+        processor(images=rgb_image(), text="what is it?", text_target="a cat")
+    with pytest.raises(ValueError, match="text_pair is not supported"):
+        processor(text="dog", text_pair="cat")
+    with pytest.raises(TypeError, match="bogus"):
+        processor(text="dog", text_kwargs={"bogus": True})
+    with pytest.raises(ValueError, match="mode"):
+        processor(images=rgb_image(), mode="segmentation")
+
+
+def test_image_kwargs_through_the_processor(processor):
+    image = rgb_image()
+    small = processor(images=image, text="dog", size={"height": 16, "width": 16})
+    assert small["pixel_values"].shape == (1, 3, 16, 16) and small["input_ids"].tolist() == [[101, 3899]]
+    nested = processor(images=image, images_kwargs={"size": {"height": 16, "width": 16}})
+    assert torch.equal(nested["pixel_values"], small["pixel_values"])
+    unnormalised = processor(images=image, do_normalize=False)["pixel_values"]
+    assert 0 <= unnormalised.min() and unnormalised.max() <= 1
+    grounding = processor(images=image, text="the cat", mode="grounding")
+    boxes = processor.post_process_grounding(torch.tensor([[0.5, 0.5, 1.0, 1.0]]), grounding["image_sizes"])
+    assert boxes.tolist() == [[0, 0, 40, 30]]
+
+
+def test_captioning_prompt_and_batch_checks(processor):
+    out = processor(images=[rgb_image(), rgb_image()], text="")
+    assert out["input_ids"].tolist() == [[101], [101]] and out["pixel_values"].shape[0] == 2
+    assert processor(text=["", ""])["input_ids"].tolist() == [[101], [101]]
+    with pytest.raises(ValueError, match="batch size mismatch: 2 images but 1 texts"):
+        processor(images=[rgb_image(), rgb_image()], text="one question")

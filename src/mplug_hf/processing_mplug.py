@@ -19,7 +19,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from transformers import BertTokenizer
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, Unpack
+from transformers.processing_utils import ProcessingKwargs, ProcessorMixin, TextKwargs, Unpack
 from transformers.utils import auto_docstring, logging
 
 from .image_processing_mplug import MPLUGImageProcessor, MPLUGImageProcessorKwargs
@@ -120,6 +120,9 @@ class MPLUGProcessor(ProcessorMixin):
         **unused,
     ) -> BatchFeature:
         """`[CLS] pieces ([SEP])`, truncated to `max_length` the original way (the [SEP] is cut first), padded."""
+        unknown = sorted(set(unused) - set(TextKwargs.__annotations__))
+        if unknown:
+            raise TypeError(f"unexpected text keyword argument(s) {', '.join(unknown)}")
         for key, value in unused.items():
             if key in _UNSUPPORTED_TEXT_KWARGS and value not in (None, False):
                 raise ValueError(f"{key} is not supported by MPLUGProcessor: {_UNSUPPORTED_TEXT_KWARGS[key]}")
