@@ -32,7 +32,6 @@ from collections import Counter
 
 import datasets
 import torch
-from easy_vqa import get_answers, get_test_image_paths, get_test_questions, get_train_image_paths, get_train_questions
 from PIL import Image, ImageDraw
 from transformers import BertTokenizer, TrainingArguments, pipeline
 
@@ -40,6 +39,24 @@ from mplug_hf import MPLUGConfig, MPLUGForQuestionAnswering, MPLUGImageProcessor
 from mplug_hf.data_collators import MPLUGVQADataCollator
 from mplug_hf.evaluation.runner import EvaluationRunner, answer_questions
 from mplug_hf.training import MPLUGTrainer
+
+
+try:
+    from easy_vqa import (
+        get_answers,
+        get_test_image_paths,
+        get_test_questions,
+        get_train_image_paths,
+        get_train_questions,
+    )
+except ModuleNotFoundError as error:  # mplug_hf installed without the demo's extra
+    if error.name != "easy_vqa":
+        raise
+    raise SystemExit(
+        "examples/demo.py needs the easy-VQA dataset package: install the demo extra with\n"
+        '    pip install -e ".[demo]"      (from the mplug_hf checkout)\n'
+        "or  pip install easy-vqa"
+    ) from None
 
 
 # rank_answers re-scores the answers whose first token is most probable: 4 of the 13 keep the evaluation quick.

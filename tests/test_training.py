@@ -548,3 +548,9 @@ def test_heads_normalise_their_own_loss_for_trainer():
 
     for head in (MPLUGForQuestionAnswering, MPLUGForCaptioning, MPLUGForRetrieval, MPLUGForGrounding):
         assert head.accepts_loss_kwargs is False
+
+
+def test_demo_without_easy_vqa_says_which_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "easy_vqa", None)  # import easy_vqa → ModuleNotFoundError
+    with pytest.raises(SystemExit, match=r'pip install -e "\.\[demo\]"[\s\S]*pip install easy-vqa'):
+        load_script("demo")
