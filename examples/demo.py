@@ -38,6 +38,7 @@ from transformers import BertTokenizer, TrainingArguments, pipeline
 from mplug_hf import MPLUGConfig, MPLUGForQuestionAnswering, MPLUGImageProcessor, MPLUGProcessor, default_tokenizer
 from mplug_hf.data_collators import MPLUGVQADataCollator
 from mplug_hf.evaluation.runner import EvaluationRunner, answer_questions
+from mplug_hf.io_utils import atomic_open, atomic_write_text
 from mplug_hf.training import MPLUGTrainer
 
 
@@ -92,8 +93,7 @@ def easy_vqa_tokenizer(folder: str) -> BertTokenizer:
     specials = bert.convert_ids_to_tokens(list(range(SPECIAL_TOKEN_ENTRIES)))
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "vocab.txt")
-    with open(path, "w") as file:
-        file.write("\n".join(specials + words) + "\n")
+    atomic_write_text(path, "\n".join(specials + words) + "\n")
     return default_tokenizer(path)
 
 
@@ -144,7 +144,8 @@ def save_examples_grid(examples, predictions, path: str, scale: int = 3):
         draw.text(
             (left + 4, top + 64 * scale + 22), f"-> {prediction} ({mark})", fill="darkgreen" if correct else "red"
         )
-    grid.save(path)
+    with atomic_open(path, "wb") as handle:  # a killed run leaves the previous picture, never half of one
+        grid.save(handle, format="PNG")
 
 
 def main(argv=None) -> dict:
