@@ -111,3 +111,62 @@ def test_atomic_directory_moves_into_place_only_on_success(tmp_path):
         (folder / "other.json").write_text("{}")
     assert os.listdir(target) == ["other.json"]
     assert sorted(os.listdir(tmp_path)) == ["converted"]
+
+
+def test_model_cards_are_written_atomically(tmp_path, monkeypatch):
+    import model_cards.render as render
+
+    written = render.render_all(cards_dir=str(tmp_path))
+    before = {path: open(path).read() for path in written}
+    calls = []
+    original = render.render_model_card
+
+    def failing(task, size, repo_id):
+        calls.append(repo_id)
+        if len(calls) == 3:
+            raise RuntimeError("injected")
+        return original(task, size, repo_id + "-new")
+
+    monkeypatch.setattr(render, "render_model_card", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        render.render_all(cards_dir=str(tmp_path))
+    after = {path: open(path).read() for path in written}
+    assert sum(after[path] != before[path] for path in written) == 2  # two new cards, the others as they were
+    for path in written:
+        assert after[path].startswith("---")  # whole cards only
+        assert _no_temporaries(os.path.dirname(path))
+
+
+def test_evaluation_results_keep_the_previous_file_when_writing_fails(tmp_path):
+    from mplug_hf.evaluation.runner import write_json
+
+    path = write_json(tmp_path / "metrics.json", {"accuracy": 50.0})
+    with pytest.raises(TypeError):
+        write_json(path, {"accuracy": object()})
+    assert json.loads(path.read_text()) == {"accuracy": 50.0}
+    assert _no_temporaries(tmp_path)
+
+
+def test_damaged_jsonl_lines_are_named_by_file_and_line(tmp_path):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from mplug_hf.evaluation.runner import load_records
+
+    lines = [json.dumps({"image": f"{i}.png", "question": f"question {i}?", "answers": ["yes"] * 3}) for i in range(5)]
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(0, 4), st.integers(0, 200), st.sampled_from(["", "}", "{", '"', "\\x00", "[1]", "null"]))
+    def check(line_index, cut, junk):
+        damaged = list(lines)
+        damaged[line_index] = damaged[line_index][: cut % len(damaged[line_index])] + junk
+        path = tmp_path / "data.jsonl"
+        path.write_text("\n".join(damaged) + "\n")
+        try:
+            records = load_records(str(path))
+        except ValueError as error:
+            assert f"data.jsonl:{line_index + 1}:" in str(error)
+        else:  # the damage left a valid record (e.g. cut at 0 + "null" is refused, "" is a skipped empty line)
+            assert all(isinstance(record, dict) for record in records)
+
+    check()
