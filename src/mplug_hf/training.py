@@ -349,7 +349,7 @@ def resolve_checkpoint(
         # a fresh start must not mix with (or later resume from) the checkpoints of the run it replaces
         for entry in os.scandir(training_args.output_dir):
             if entry.is_dir() and re.fullmatch(r"checkpoint-\d+", entry.name):
-                shutil.rmtree(entry.path)
+                shutil.rmtree(entry.path, ignore_errors=True)  # every process may remove it (DDP)
     return checkpoint
 
 
