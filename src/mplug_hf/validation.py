@@ -89,8 +89,8 @@ def validate_target_labels(labels: torch.LongTensor | None, config) -> torch.Lon
     """
     Decoder targets as the heads train on them: `[CLS] text [SEP]` with -100 where no loss is wanted. The BLIP habit
     `labels=processor(text=answer).input_ids` gives `[CLS] text` padded with [PAD]: padding is never a target, so
-    [PAD] becomes -100, but a batch whose rows have no end token would teach the decoder never to stop, so it is
-    refused with the recipe that builds them (`processor.encode_targets`).
+    [PAD] becomes -100, but a padded row without an end token would teach the decoder never to stop, so it is
+    refused with the recipe that builds them (`processor.encode_targets`); rows cut by truncation are kept.
     """
     if labels is None:
         return None
@@ -102,10 +102,12 @@ def validate_target_labels(labels: torch.LongTensor | None, config) -> torch.Lon
     if bool(((labels != -100) & ((labels < 0) | (labels >= vocab_size))).any()):
         raise ValueError(f"labels hold ids outside the vocabulary [0, {vocab_size}) (other than -100)")
     labels = labels.masked_fill(labels == config.pad_token_id, -100)
-    ends = (labels == config.eos_token_id).any(dim=1)
-    if not bool(ends.all()):
+    # a row that ends in padding but never in [SEP] lost its end token; a full row without it was truncated
+    unended = ~(labels == config.eos_token_id).any(dim=1) & (labels[:, -1] == -100)
+    if bool(unended.any()):
         raise ValueError(
-            f"{int((~ends).sum())} of {labels.shape[0]} label rows have no end token [SEP] (id {config.eos_token_id}): "
-            "build targets with processor.encode_targets(texts), which gives [CLS] text [SEP] and -100 on padding"
+            f"{int(unended.sum())} of {labels.shape[0]} padded label rows have no end token [SEP] (id "
+            f"{config.eos_token_id}), so the decoder would learn never to stop: build targets with "
+            "processor.encode_targets(texts), which gives [CLS] text [SEP] and -100 on padding"
         )
     return labels
