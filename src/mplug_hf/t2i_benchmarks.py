@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .original_generation import original_beam_search
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The judge: ModelScope's mPLUG VQA pipeline, batched
@@ -109,13 +111,7 @@ class VQAJudge:
         """The decoder memory of every question, each image through the visual encoder once (`image_indices`)."""
         input_ids, attention_mask = self.encode_questions(questions)
         indices = torch.tensor(image_indices, dtype=torch.long, device=self.device)
-        if hasattr(self.model, "encode"):
-            return self.model.encode(input_ids, pixel_values, attention_mask, image_indices=indices)
-        # before MPLUGModel.forward took image_indices: the same three steps by hand
-        encoder = self.model.mplug
-        image_embeds = encoder.get_image_features(pixel_values)
-        text_embeds = encoder.get_text_features(input_ids, attention_mask)
-        return encoder.fuse(image_embeds, text_embeds, attention_mask, image_indices=indices)
+        return self.model.encode(input_ids, pixel_values, attention_mask, image_indices=indices)
 
     @torch.no_grad()
     def p_yes(self, encoded) -> list[float]:
@@ -134,12 +130,7 @@ class VQAJudge:
         """The pipeline's answer strings: the original beam search, best hypothesis, special tokens skipped."""
         settings = (None, self.num_beams, self.min_length, self.max_length)
         memory, memory_mask = encoded.last_hidden_state, encoded.encoder_attention_mask
-        try:
-            from .original_generation import original_beam_search
-        except ImportError:  # the beam search as a method of the head
-            output = self.model.original_beam_search(memory, memory_mask, *settings)
-        else:
-            output = original_beam_search(self.model.text_decoder, memory, memory_mask, *settings)
+        output = original_beam_search(self.model.text_decoder, memory, memory_mask, *settings)
         tokenizer = self.processor.tokenizer
         return [
             tokenizer.decode(
