@@ -260,6 +260,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--batch-size", type=int, default=32, help="questions per batch")
     parser.add_argument("--length-normalize", action="store_true", help="mean instead of summed option log-prob")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+        help="weights dtype (bfloat16: the CPU's AMX / the GPU's fast path; scores are computed in float32)",
+    )
     parser.add_argument("--max-batches", type=int, help="stop after this many batches (the rest on the next run)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -275,7 +279,8 @@ def main(argv: list[str] | None = None) -> Path:
         print(
             f"{changed} question(s) changed in {args.data} since they were judged: judging them again", file=sys.stderr
         )
-    model = MPLUGForQuestionAnswering.from_pretrained(args.model).to(args.device).eval()
+    model = MPLUGForQuestionAnswering.from_pretrained(args.model, dtype=getattr(torch, args.dtype))
+    model = model.to(args.device).eval()
     judge = Judge(model, AutoProcessor.from_pretrained(args.model), length_normalize=args.length_normalize)
     batches = [pending[start : start + args.batch_size] for start in range(0, len(pending), args.batch_size)]
     rows = dict(done)

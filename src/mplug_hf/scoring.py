@@ -171,7 +171,7 @@ def rerank_with_itm(
 
     def match_logits(images, texts, mask):
         fused = model.mplug(image_states=images, text_states=texts, attention_mask=mask, return_dict=True)
-        return model.contrastive.itm_head(fused.fused_text_states[:, 0])[:, 1]
+        return model.contrastive.itm_head(fused.fused_text_states[:, 0])[:, 1].float()
 
     def one_direction(sims, images_are_queries):
         top_k = min(k, sims.shape[1])
@@ -191,4 +191,5 @@ def rerank_with_itm(
             scores[query, top] = torch.cat(logits).to(scores.dtype) + (sims[query, top] if add_itc else 0)
         return scores
 
+    similarities = similarities.float()  # bf16 similarities tie often: select and score in float32
     return one_direction(similarities, True), one_direction(similarities.t(), False)

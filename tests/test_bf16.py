@@ -1,0 +1,139 @@
+"""bfloat16 on the CPU for every head and path (issue 21): bf16 weights (`from_pretrained(..., dtype=torch.bfloat16)`)
+and fp32 weights under `torch.autocast("cpu", dtype=torch.bfloat16)` give finite outputs close to float32 (loose
+tolerance: bf16 keeps 8 mantissa bits) and the same answers, ranks, choices and boxes on a tiny random model; the
+scores that decide answers (beam scores, answer log-likelihoods, P(yes), ITM scores) come back in float32."""
+
+import contextlib
+
+import pytest
+import torch
+
+from mplug_hf import MPLUGForCaptioning, MPLUGForGrounding, MPLUGForQuestionAnswering, MPLUGForRetrieval
+from tests.conftest import tiny_config
+
+
+MODES = ["weights", "autocast"]
+CANDIDATES = torch.tensor([[101, 20, 102, 0], [101, 21, 22, 102], [101, 23, 102, 0], [101, 24, 25, 102]])
+
+
+def build(cls, mode, attn_implementation="sdpa", **overrides):
+    torch.manual_seed(0)
+    config = tiny_config(**overrides)
+    config._attn_implementation = attn_implementation
+    model = cls(config).eval()
+    return model.to(torch.bfloat16) if mode == "weights" else model
+
+
+def precision(mode):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if mode == "autocast" else contextlib.nullcontext()
+
+
+def assert_close_loose(actual, expected, atol=0.05, rtol=0.05):
+    assert torch.isfinite(actual).all()
+    torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=rtol)
+
+
+@pytest.fixture
+def candidate_mask():
+    return (CANDIDATES != 0).long()
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager", "mplug_fused"])
+@pytest.mark.parametrize("mode", MODES)
+def test_vqa_paths_agree_with_float32(inputs, candidate_mask, mode, attn_implementation):
+    reference = build(MPLUGForQuestionAnswering, "fp32", attn_implementation)
+    model = build(MPLUGForQuestionAnswering, mode, attn_implementation)
+    ids, pixels, mask = inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"]
+    choices = CANDIDATES.unsqueeze(0).expand(2, -1, -1)
+    choice_mask = candidate_mask.unsqueeze(0).expand(2, -1, -1)
+    results = {}
+    for name, current in (("fp32", reference), (mode, model)):
+        with precision(mode if current is model else "fp32"):
+            results[name] = dict(
+                encoded=current.encode(ids, pixels, mask).last_hidden_state,
+                generate=current.generate(**inputs, max_new_tokens=4, num_beams=3),
+                original=current.generate_original(ids, pixels, mask, num_beams=3, max_length=4),
+                rank=current.rank_answers(ids, pixels, CANDIDATES, candidate_mask, attention_mask=mask, k=3),
+                yes=current.score_yes_no(ids, pixels, 30, 31, attention_mask=mask),
+                yes_full=current.score_yes_no(ids, pixels, 30, 31, attention_mask=mask, full_sequence=True),
+                choose=current.choose(ids, pixels, choices, choice_mask, attention_mask=mask),
+                loss=current(**inputs, labels=CANDIDATES[:2]).loss,
+            )
+    ours, fp32 = results[mode], results["fp32"]
+    assert_close_loose(ours["encoded"], fp32["encoded"], atol=0.1)
+    assert torch.equal(ours["generate"], fp32["generate"])
+    assert torch.equal(ours["original"].sequences, fp32["original"].sequences)
+    assert ours["original"].scores.dtype == torch.float32
+    assert_close_loose(ours["original"].scores, fp32["original"].scores)
+    assert torch.equal(ours["rank"][0], fp32["rank"][0])
+    assert ours["rank"][1].dtype == torch.float32
+    assert_close_loose(ours["rank"][1], fp32["rank"][1], atol=0.02)
+    for key in ("yes", "yes_full"):
+        assert ours[key].dtype == torch.float32
+        assert_close_loose(ours[key], fp32[key], atol=0.02)
+    assert torch.equal(ours["choose"][0], fp32["choose"][0])
+    assert ours["choose"][1].dtype == torch.float32
+    assert_close_loose(ours["choose"][1], fp32["choose"][1], atol=0.1, rtol=0.02)
+    assert ours["loss"].dtype == torch.float32
+    assert_close_loose(ours["loss"], fp32["loss"], rtol=0.02)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_captioning_agrees_with_float32(inputs, mode):
+    outputs = {}
+    for name in ("fp32", mode):
+        model = build(MPLUGForCaptioning, name)
+        with precision(name):
+            outputs[name] = (
+                model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=5, num_beams=3),
+                model.generate_original(pixel_values=inputs["pixel_values"], num_beams=3, max_length=5),
+                model(pixel_values=inputs["pixel_values"], labels=CANDIDATES[:2]).loss,
+            )
+    (generated, original, loss), (generated32, original32, loss32) = outputs[mode], outputs["fp32"]
+    assert torch.equal(generated, generated32)
+    assert torch.equal(original.sequences, original32.sequences)
+    assert_close_loose(original.scores, original32.scores)
+    assert loss.dtype == torch.float32
+    assert_close_loose(loss, loss32, rtol=0.02)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_retrieval_ranks_agree_with_float32(mode):
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.randn(4, 3, 32, 32, generator=generator)
+    texts = torch.randint(1000, (5, 6), generator=generator)
+    texts[:, 0] = 101
+    mask = torch.ones_like(texts)
+    outputs = {}
+    for name in ("fp32", mode):
+        model = build(MPLUGForRetrieval, name)
+        with precision(name):
+            outputs[name] = model.retrieve(pixels, texts, mask, k=5, batch_size=3)
+    for ours, fp32 in zip(outputs[mode], outputs["fp32"]):
+        assert ours.dtype == torch.float32
+        assert_close_loose(ours, fp32, atol=0.1)
+        # a random model's ITM logits are near ties: the top match agrees wherever float32 separates it clearly
+        top2 = fp32.topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 2 * (ours - fp32).abs().max()
+        assert torch.equal(ours.argmax(dim=1)[clear], fp32.argmax(dim=1)[clear])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_grounding_boxes_agree_with_float32(inputs, mode):
+    boxes = {}
+    for name in ("fp32", mode):
+        model = build(MPLUGForGrounding, name)
+        with precision(name):
+            boxes[name] = model.predict_boxes(**inputs)
+    assert boxes[mode].dtype == torch.float32
+    assert torch.equal(boxes[mode], boxes["fp32"])
+
+
+def test_from_pretrained_bfloat16_round_trip(tmp_path, inputs):
+    build(MPLUGForQuestionAnswering, "fp32").save_pretrained(tmp_path)
+    model = MPLUGForQuestionAnswering.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert model.dtype == torch.bfloat16
+    assert all(parameter.dtype == torch.bfloat16 for parameter in model.parameters())
+    reference = MPLUGForQuestionAnswering.from_pretrained(tmp_path).eval()
+    # float32 pixel values go in as they come from the processor
+    assert torch.equal(model.generate(**inputs, max_new_tokens=4), reference.generate(**inputs, max_new_tokens=4))
