@@ -266,3 +266,13 @@ def test_bad_tensors_are_named_at_the_boundary(inputs):
             **{**inputs, "input_ids": inputs["input_ids"][:1], "attention_mask": None},
             decoder_input_ids=inputs["input_ids"][:1],
         )
+
+
+def test_text_features_record_the_text_encoder(inputs):
+    model = build(MPLUGModel)
+    out = model.get_text_features(
+        inputs["input_ids"], inputs["attention_mask"], output_hidden_states=True, output_attentions=True
+    )
+    assert len(out.hidden_states) == model.config.text_encoder_layers + 1
+    assert len(out.attentions) == model.config.text_encoder_layers
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)

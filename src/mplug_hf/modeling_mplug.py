@@ -761,7 +761,7 @@ class MPLUGModel(MPLUGPreTrainedModel):
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs, return_dict=True
         )
 
-    @can_return_tuple
+    @capture_outputs(tie_last_hidden_states=False)
     @auto_docstring
     def get_text_features(
         self,
