@@ -21,7 +21,7 @@ the dependency rule); the default fixes them (see README). Killed runs resume wh
 
 import argparse
 
-import torch
+from mplug_hf.t2i_benchmarks import add_run_arguments, dpg_bench, run_benchmark_script
 
 
 def parse_args(argv=None):
@@ -36,26 +36,18 @@ def parse_args(argv=None):
     parser.add_argument("--official", action="store_true", help="reproduce the official script's numbers exactly")
     parser.add_argument("--score", choices=["string", "p_yes"], default="string")
     parser.add_argument("--batch-images", type=int, default=1, help="grids per batch (raise it on big GPUs)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is available")
-    parser.add_argument("--threads", type=int, help="torch CPU threads per process")
-    parser.add_argument("--max-batches", type=int, help="stop after this many batches per process (resume later)")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
-    if args.official and args.resolution is None:
-        parser.error("--official needs --resolution (the official script cannot crop without it)")
     if args.batch_images < 1:
         parser.error("--batch-images must be >= 1")
+    if args.official and args.resolution is None:
+        parser.error("--official needs --resolution (the official script cannot crop without it)")
     return args
 
 
 def main(argv=None):
-    from mplug_hf.t2i_benchmarks import dpg_bench, load_vqa_judge, make_accelerator
-
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    accelerator = make_accelerator(args.cpu)
-    return dpg_bench(args, accelerator, lambda: load_vqa_judge(args.model, accelerator.device, args.dtype))
+    return run_benchmark_script(args, dpg_bench)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ plus `failed_images` (an unreadable image's questions score 0, listed, never dro
 
 import argparse
 
-import torch
+from mplug_hf.t2i_benchmarks import add_run_arguments, run_benchmark_script, tifa
 
 
 def parse_args(argv=None):
@@ -30,10 +30,7 @@ def parse_args(argv=None):
     parser.add_argument("--output", required=True, help="result JSON")
     parser.add_argument("--sbert", help="sentence-transformers model folder: TIFA's free-form + embedding rule")
     parser.add_argument("--batch-images", type=int, default=4, help="images per batch (all their questions)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-    parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is available")
-    parser.add_argument("--threads", type=int, help="torch CPU threads per process")
-    parser.add_argument("--max-batches", type=int, help="stop after this many batches per process (resume later)")
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     if args.batch_images < 1:
         parser.error("--batch-images must be >= 1")
@@ -41,13 +38,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    from mplug_hf.t2i_benchmarks import load_vqa_judge, make_accelerator, tifa
-
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    accelerator = make_accelerator(args.cpu)
-    return tifa(args, accelerator, lambda: load_vqa_judge(args.model, accelerator.device, args.dtype))
+    return run_benchmark_script(args, tifa)
 
 
 if __name__ == "__main__":

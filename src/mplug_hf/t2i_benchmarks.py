@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .io_utils import atomic_write_text
 from .original_generation import original_beam_search
 
 
@@ -189,18 +190,6 @@ class VQAJudge:
 # ----------------------------------------------------------------------------------------------------------------------
 # Sharded, resumable batches
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder and `os.replace`: readers see the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -800,6 +789,22 @@ def tifa(args, accelerator, load_judge: Callable[[], VQAJudge]) -> dict | None:
     return result
 
 
+def add_run_arguments(parser) -> None:
+    """The options DPG-Bench and TIFA runs share: the judge's dtype, the device and threads, partial runs."""
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is available")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per process")
+    parser.add_argument("--max-batches", type=int, help="stop after this many batches per process (resume later)")
+
+
+def run_benchmark_script(args, benchmark: Callable) -> dict | None:
+    """Set the threads, build the accelerator and run `benchmark` (`dpg_bench` or `tifa`) with a lazily loaded judge."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    accelerator = make_accelerator(args.cpu)
+    return benchmark(args, accelerator, lambda: load_vqa_judge(args.model, accelerator.device, args.dtype))
+
+
 def make_accelerator(cpu: bool = False):
     """The run's `Accelerator`. Without an accelerator device it is made with `cpu=True`, so that several CPU
     processes started by `torchrun` (or `accelerate launch` with a multi-CPU config) form one distributed run instead
@@ -828,7 +833,6 @@ __all__ = [
     "VQAJudge",
     "apply_dependencies",
     "apply_dependencies_official",
-    "atomic_write_text",
     "crop_boxes",
     "dpg_aggregate",
     "dpg_bench",
