@@ -202,3 +202,43 @@ def test_corrupt_or_foreign_checkpoints_give_clear_errors(tmp_path, config):
     (tmp_path / "config.json").write_text(json.dumps(shrunk))
     with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
         MPLUGForQuestionAnswering.from_pretrained(tmp_path)
+
+
+def test_checkpoints_with_nonfinite_weights_are_refused_naming_the_tensors(tmp_path, config):
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForVisualQuestionAnswering
+
+    from mplug_hf import MPLUGForQuestionAnswering
+
+    MPLUGForQuestionAnswering(config).save_pretrained(tmp_path)
+    weights_file = tmp_path / "model.safetensors"
+    weights = load_file(weights_file)
+    # a fusion matrix and a decoder bias (whatever their names)
+    matrix = next(name for name, value in weights.items() if "fusion" in name and value.ndim == 2)
+    bias = next(name for name, value in weights.items() if "decoder" in name and name.endswith("bias"))
+    poisoned = [matrix, bias]
+    weights[poisoned[0]][0, 0] = float("nan")
+    weights[poisoned[1]][-1] = float("-inf")
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    for load in (MPLUGForQuestionAnswering.from_pretrained, AutoModelForVisualQuestionAnswering.from_pretrained):
+        with pytest.raises(
+            ValueError, match=r"2 tensor\(s\) loaded from .* hold NaN or inf values: .*allow_nonfinite"
+        ):
+            load(tmp_path)
+    with pytest.raises(ValueError) as raised:
+        MPLUGForQuestionAnswering.from_pretrained(tmp_path)
+    assert all(name in str(raised.value) for name in poisoned)
+    with pytest.warns(UserWarning, match="hold NaN or inf values"):
+        model, info = MPLUGForQuestionAnswering.from_pretrained(
+            tmp_path, allow_nonfinite=True, output_loading_info=True
+        )
+    assert isinstance(model, MPLUGForQuestionAnswering) and not info["missing_keys"]
+    assert not hasattr(model.config, "allow_nonfinite")  # the opt-out is not stored in the config
+    # finite in float32 but out of float16's range: inf once loaded in float16
+    weights = load_file(weights_file)
+    weights[poisoned[0]] = torch.full_like(weights[poisoned[0]], 1e6)
+    weights[poisoned[1]] = torch.zeros_like(weights[poisoned[1]])
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    assert MPLUGForQuestionAnswering.from_pretrained(tmp_path) is not None
+    with pytest.raises(ValueError, match=rf"1 tensor\(s\) .*: {poisoned[0]}\b.*range of the dtype"):
+        MPLUGForQuestionAnswering.from_pretrained(tmp_path, dtype=torch.float16)

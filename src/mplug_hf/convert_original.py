@@ -35,6 +35,7 @@ import torch
 from .configuration_mplug import MPLUGConfig, MPLUGTextConfig, MPLUGVisionConfig
 from .io_utils import atomic_directory, atomic_write_json
 from .modeling_mplug import resize_position_embedding
+from .validation import describe_nonfinite
 
 
 TASKS = ("vqa", "caption", "retrieval", "grounding", "pretrain")
@@ -494,22 +495,11 @@ def detect_tasks(state_dict: dict[str, torch.Tensor]) -> tuple[str, tuple[str, .
     )
 
 
-def nonfinite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the floating-point tensors holding NaN or ±inf."""
-    return [
-        name
-        for name, value in state_dict.items()
-        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())
-    ]
-
-
 def check_finite(state_dict: dict[str, torch.Tensor], where: str, allow_nonfinite: bool = False) -> None:
     """Raise (or, with `allow_nonfinite`, warn) naming the tensors of `state_dict` that hold NaN/inf."""
-    bad = nonfinite_tensors(state_dict)
-    if not bad:
+    message = describe_nonfinite(state_dict, where)
+    if message is None:
         return
-    shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
-    message = f"{len(bad)} tensor(s) {where} hold NaN or inf values: {shown}"
     if not allow_nonfinite:
         raise CheckpointConversionError(message + " (pass allow_nonfinite=True / --allow-nonfinite to convert anyway)")
     warnings.warn(message, stacklevel=3)

@@ -14,6 +14,9 @@
 """Checks at the model's boundary: every public forward names the problem with its inputs instead of failing deep
 inside torch (or returning a wrong answer)."""
 
+import warnings
+from collections.abc import Callable, Mapping
+
 import torch
 from torch import nn
 from transformers.utils import TransformersKwargs
@@ -111,3 +114,45 @@ def validate_target_labels(labels: torch.LongTensor | None, config) -> torch.Lon
             "processor.encode_targets(texts), which gives [CLS] text [SEP] and -100 on padding"
         )
     return labels
+
+
+def describe_nonfinite(tensors: Mapping[str, torch.Tensor], where: str) -> str | None:
+    """`"N tensor(s) {where} hold NaN or inf values: a, b, ..."` naming at most ten of the floating-point `tensors`
+    holding NaN or ±inf, or None when all are finite (tensors on the meta device hold no values)."""
+    bad = [
+        name
+        for name, value in tensors.items()
+        if torch.is_tensor(value)
+        and value.is_floating_point()
+        and value.device.type != "meta"
+        and not bool(torch.isfinite(value).all())
+    ]
+    if not bad:
+        return None
+    shown = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+    return f"{len(bad)} tensor(s) {where} hold NaN or inf values: {shown}"
+
+
+def load_with_finite_weights(
+    load: Callable, pretrained_model_name_or_path, *model_args, allow_nonfinite: bool = False, **kwargs
+):
+    """
+    `load(pretrained_model_name_or_path, *model_args, **kwargs)` (a `from_pretrained`), refusing a model whose
+    weights hold NaN or ±inf: it would answer, rank and ground without a word, every output meaningless. Raises a
+    ValueError naming the tensors; `allow_nonfinite=True` loads the model anyway and only warns, naming them.
+    """
+    loaded = load(pretrained_model_name_or_path, *model_args, **kwargs)
+    model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True
+    message = describe_nonfinite(
+        {**dict(model.named_parameters()), **dict(model.named_buffers())},
+        f"loaded from {pretrained_model_name_or_path}",
+    )
+    if message is None:
+        return loaded
+    if not allow_nonfinite:
+        raise ValueError(
+            f"{message}. The checkpoint is damaged, was saved after training diverged, or holds values outside the "
+            "range of the dtype it was loaded in; pass allow_nonfinite=True to load it anyway"
+        )
+    warnings.warn(message, stacklevel=3)
+    return loaded
