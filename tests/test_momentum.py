@@ -31,7 +31,10 @@ def test_first_step_copies_online_weights_and_matches_the_original_formula(input
         ids_all = torch.cat([image_ids.view(1, -1), queue_before[2]], 1)
         truth = (image_ids.view(-1, 1) == ids_all).float()
         truth = truth / truth.sum(1, keepdim=True)
-        sim_i2t, sim_t2i = image_feat @ text_all / model.contrastive.temp, text_feat @ image_all / model.contrastive.temp
+        sim_i2t, sim_t2i = (
+            image_feat @ text_all / model.contrastive.temp,
+            text_feat @ image_all / model.contrastive.temp,
+        )
         targets_i2t = 0.4 * sim_i2t.softmax(1) + 0.6 * truth
         targets_t2i = 0.4 * sim_t2i.softmax(1) + 0.6 * truth
         expected = (
@@ -73,3 +76,18 @@ def test_eval_mode_and_save_load_keep_the_queue(tmp_path, inputs):
     torch.testing.assert_close(reloaded.momentum_encoders.image_queue, snapshot)
     assert bool(reloaded.momentum_encoders.initialized) and reloaded.momentum_encoders.queue_ptr.item() == 2
     assert not any(p.requires_grad for p in reloaded.momentum_encoders.parameters())
+
+
+def test_momentum_features_of_a_video_average_its_frames(inputs):
+    """A video's momentum feature is the mean over its frames, as the online one: at the first step (momentum ==
+    online) the enqueued features equal `get_image_features` of the video, not of its first frame."""
+    model = build().train()
+    videos = torch.stack([inputs["pixel_values"], inputs["pixel_values"].flip(-1), -inputs["pixel_values"]], dim=1)
+    model(
+        pixel_values=videos, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], return_loss=True
+    )
+    with torch.no_grad():
+        video_feat = model.get_image_features(videos).pooler_output
+        first_frame_feat = model.get_image_features(videos[:, 0]).pooler_output
+    torch.testing.assert_close(model.momentum_encoders.image_queue[:, :2], video_feat.t(), atol=1e-6, rtol=0)
+    assert not torch.allclose(video_feat, first_frame_feat, atol=1e-3)

@@ -78,9 +78,10 @@ class MPLUGMomentumEncoders(nn.Module):
     @torch.no_grad()
     def features(self, pixel_values, input_ids, attention_mask, contrastive) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised momentum ITC features of images and texts, `(batch, embed_dim)` each."""
+        from .modeling_mplug import frame_count  # modeling imports this module
+
         image_tokens = self.vision_model(pixel_values, return_dict=True).last_hidden_state
-        num_frames = pixel_values.shape[1] if pixel_values.ndim == 5 else 1
-        image_feat = contrastive.image_features(image_tokens, num_frames, projection=self.vision_proj)
+        image_feat = contrastive.image_features(image_tokens, frame_count(pixel_values), projection=self.vision_proj)
         text_states = self.text_encoder(input_ids, attention_mask=attention_mask).last_hidden_state
         return image_feat, F.normalize(self.text_proj(text_states[:, 0]), dim=-1)
 
