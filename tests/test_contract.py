@@ -74,7 +74,7 @@ def test_multimodal_encoder_records_text_and_fusion_states(inputs):
     assert out.attentions[config.text_encoder_layers + connected[0]].shape == (2, 4, 22, 22)
     assert len(out.cross_attentions) == config.fusion_layers - len(connected)
     assert out.cross_attentions[0].shape == (2, 4, 5, 17)
-    assert len(out.vision_model_output.hidden_states) == config.vision_config.num_hidden_layers + 1
+    assert len(out.image_outputs.hidden_states) == config.vision_config.num_hidden_layers + 1
     assert model(**inputs).hidden_states is None
 
 

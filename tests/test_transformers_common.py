@@ -224,12 +224,19 @@ class MPLUGDecoderModelTester(MPLUGModelTester):
     def __init__(self, parent, with_question=True, **kwargs):
         super().__init__(parent, **kwargs)
         self.with_question = with_question
-        self.decoder_seq_length = 5
-        self.decoder_key_length = 5
+        # as long as the question: the eager/sdpa tests give the decoder a mask shaped like the encoder's
+        self.decoder_seq_length = self.seq_length
+        self.decoder_key_length = self.seq_length
         self.num_hidden_layers = self.decoder_layers
         if not with_question:  # captioning: the encoder is the ViT
             self.encoder_seq_length = self.num_image_tokens
             self.key_length = self.num_image_tokens
+
+    def get_config(self):
+        # the config a generating head saves (the heads set it on the config they are built from)
+        config = super().get_config()
+        config.is_encoder_decoder = True
+        return config
 
     def prepare_config_and_inputs_for_common(self):
         config, inputs = super().prepare_config_and_inputs_for_common()
@@ -387,7 +394,17 @@ class MPLUGModelTest(MPLUGBaseModelTestMixin, MPLUGCompositeTestBase, unittest.T
         self.text_config_tester.run_common_tests()
 
 
-class MPLUGForCaptioningTest(MPLUGCompositeTestBase, unittest.TestCase):
+class MPLUGGenerationHeadTestMixin:
+    @unittest.skip(
+        reason="the generating heads keep transformers' fixed Seq2SeqLMOutput fields (test_attention_outputs counts "
+        "them); the vision tower's output is the encoder's: `encoder_*` for captioning, whose encoder is the ViT, and "
+        "`image_outputs` of MPLUGModel's output (`model.get_encoder()(...)`) for VQA"
+    )
+    def test_multimodal_outputs_are_returned(self):
+        pass
+
+
+class MPLUGForCaptioningTest(MPLUGGenerationHeadTestMixin, MPLUGCompositeTestBase, unittest.TestCase):
     all_model_classes = (MPLUGForCaptioning,)
     is_encoder_decoder = True
     additional_model_inputs = []  # the main input is pixel_values
@@ -399,6 +416,13 @@ class MPLUGForCaptioningTest(MPLUGCompositeTestBase, unittest.TestCase):
         "MPLUGForCaptioning's only token input is decoder_input_ids (images in, caption out); the resize tests write "
         "into inputs_dict['input_ids'] unconditionally (caption-head resizing: tests/test_contract.py)"
     )
+
+    @unittest.skip(
+        reason="captioning is the vision tower + the decoder (the original caption model never runs the text encoder "
+        "or fusion), so it has no MPLUGModel base model, as BLIP's BlipForConditionalGeneration"
+    )
+    def test_model_base_model_prefix(self):
+        pass
 
     @unittest.skip(reason=CAPTION_HAS_NO_INPUT_IDS)
     def test_resize_embeddings_untied(self):
@@ -413,9 +437,17 @@ class MPLUGForCaptioningTest(MPLUGCompositeTestBase, unittest.TestCase):
         return {"labels": ids.masked_fill(inputs_dict["decoder_attention_mask"] == 0, -100)}
 
 
-class MPLUGForQuestionAnsweringTest(MPLUGCompositeTestBase, unittest.TestCase):
+class MPLUGForQuestionAnsweringTest(MPLUGGenerationHeadTestMixin, MPLUGCompositeTestBase, unittest.TestCase):
     all_model_classes = (MPLUGForQuestionAnswering,)
     is_encoder_decoder = True
+
+    @unittest.skip(
+        reason="the decoder attends to the memory [image tokens; question] (key length num_image_tokens + "
+        "text_length) while the encoder's first self-attention spans the question: the test takes one encoder key "
+        "length for both (VQA attention shapes: tests/test_contract.py)"
+    )
+    def test_attention_outputs(self):
+        pass
 
     def setUp(self):
         self.model_tester = MPLUGDecoderModelTester(self, with_question=True)
@@ -425,7 +457,30 @@ class MPLUGForQuestionAnsweringTest(MPLUGCompositeTestBase, unittest.TestCase):
         return {"labels": ids.masked_fill(inputs_dict["decoder_attention_mask"] == 0, -100)}
 
 
-class MPLUGForRetrievalTest(MPLUGCompositeTestBase, unittest.TestCase):
+class MPLUGNoSingleStackTestMixin:
+    """Heads whose output is not one encoder pass (as CLIP's and BLIP's retrieval models): their towers' states are
+    tested on MPLUGVisionModel and MPLUGModel."""
+
+    NO_SINGLE_STACK = (
+        "no single stack of hidden states: the output combines several encoder passes (the towers' own outputs ride "
+        "in image_outputs / text_outputs); hidden states and attentions are tested in MPLUGVisionModelTest and "
+        "MPLUGModelTest, as CLIP's and BLIP's retrieval tests do"
+    )
+
+    @unittest.skip(reason=NO_SINGLE_STACK)
+    def test_hidden_states_output(self):
+        pass
+
+    @unittest.skip(reason=NO_SINGLE_STACK)
+    def test_attention_outputs(self):
+        pass
+
+    @unittest.skip(reason=NO_SINGLE_STACK)
+    def test_retain_grad_hidden_states_attentions(self):
+        pass
+
+
+class MPLUGForRetrievalTest(MPLUGNoSingleStackTestMixin, MPLUGCompositeTestBase, unittest.TestCase):
     all_model_classes = (MPLUGForRetrieval,)
 
     def setUp(self):
@@ -442,13 +497,15 @@ class MPLUGForGroundingTest(MPLUGCompositeTestBase, unittest.TestCase):
         self.model_tester = MPLUGModelTester(self)
 
     def _labels_for(self, model_class, inputs_dict):
+        # the same boxes on every call (tuple vs dict, save vs load compare two calls)
+        generator = torch.Generator().manual_seed(0)
         batch_size = inputs_dict["input_ids"].shape[0]
-        centre = torch.rand(batch_size, 2) * 0.5 + 0.25
-        size = torch.rand(batch_size, 2) * 0.4 + 0.1
+        centre = torch.rand(batch_size, 2, generator=generator) * 0.5 + 0.25
+        size = torch.rand(batch_size, 2, generator=generator) * 0.4 + 0.1
         return {"labels": torch.cat([centre, size], dim=-1)}  # (cx, cy, w, h) in [0, 1]
 
 
-class MPLUGForPreTrainingTest(MPLUGCompositeTestBase, unittest.TestCase):
+class MPLUGForPreTrainingTest(MPLUGNoSingleStackTestMixin, MPLUGCompositeTestBase, unittest.TestCase):
     all_model_classes = (MPLUGForPreTraining,)
 
     def setUp(self):

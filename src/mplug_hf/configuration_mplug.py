@@ -165,7 +165,8 @@ class MPLUGConfig(PreTrainedConfig):
     bos_token_id: int | None = 101
     eos_token_id: int | list[int] | None = 102
     decoder_start_token_id: int | None = 101
-    is_encoder_decoder: bool = True
+    # False for the family; the generating heads (captioning, VQA) set it on the config they are built from
+    is_encoder_decoder: bool = False
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
 

@@ -53,7 +53,13 @@ from .scoring import choose as choose_by_likelihood
 from .scoring import rank_answers as rank_candidate_answers
 from .scoring import rerank_with_itm
 from .scoring import score_yes_no as yes_probability
-from .validation import check_forward_kwargs, validate_pixel_values, validate_target_labels, validate_text_inputs
+from .validation import (
+    check_forward_kwargs,
+    load_with_finite_weights,
+    validate_pixel_values,
+    validate_target_labels,
+    validate_text_inputs,
+)
 
 
 def eager_attention_forward(
@@ -578,7 +584,7 @@ class MPLUGModelOutput(ModelOutput):
         Self-attention probabilities of the text-encoder and fusion layers (a connected layer's span [V; T]).
     cross_attentions (`tuple(torch.FloatTensor)`, returned with `output_attentions=True`):
         Text → image probabilities of the co-attention fusion layers.
-    vision_model_output (`BaseModelOutputWithPooling`):
+    image_outputs (`BaseModelOutputWithPooling`):
         The output of the [`MPLUGVisionModel`] (with its own hidden states and attentions when asked).
     """
 
@@ -591,7 +597,7 @@ class MPLUGModelOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
-    vision_model_output: BaseModelOutputWithPooling | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 @auto_docstring
@@ -610,11 +616,21 @@ class MPLUGPreTrainedModel(PreTrainedModel):
     # The heads normalise their losses themselves (per question, per token): Trainer must divide by the gradient
     # accumulation steps and not rescale by `num_items_in_batch`, which it does for any forward taking **kwargs.
     accepts_loss_kwargs = False
+    # Whether this class encodes then decodes (generate() and the encoder_*/decoder_* outputs follow it)
+    is_encoder_decoder_model = False
+
+    def post_init(self):
+        # One MPLUGConfig serves every class, so each model states its kind on it as T5EncoderModel does on T5Config;
+        # the outermost model's post_init runs last, so a head's kind wins over its sub-models'.
+        self.config.is_encoder_decoder = self.is_encoder_decoder_model
+        super().post_init()
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            return load_with_finite_weights(
+                super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs
+            )
         except SafetensorError as error:
             raise ValueError(
                 f"cannot read the weights in {pretrained_model_name_or_path}: {error}; the safetensors file is "
@@ -778,7 +794,7 @@ class MPLUGModel(MPLUGPreTrainedModel):
         text_states = self.text_encoder(input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         return BaseModelOutputWithPooling(last_hidden_state=text_states, pooler_output=text_states[:, 0])
 
-    @capture_outputs(tie_last_hidden_states=False)
+    @can_return_tuple
     @auto_docstring
     def forward(
         self,
@@ -805,16 +821,34 @@ class MPLUGModel(MPLUGPreTrainedModel):
             Already encoded text states, instead of `input_ids`.
         """
         check_forward_kwargs(kwargs, self)
-        vision_outputs = None
         if (pixel_values is None) == (image_states is None):
             raise ValueError("pass exactly one of pixel_values (images) and image_states (encoded image tokens)")
-        if (input_ids is None) == (text_states is None):
-            raise ValueError("pass exactly one of input_ids (texts) and text_states (encoded texts)")
+        image_outputs = None
         if image_states is None:
-            vision_outputs = self.vision_model(
+            # the vision tower records its own states (image_outputs); the text side is recorded by `fuse`
+            image_outputs = self.vision_model(
                 pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs, return_dict=True
             )
-            image_states = vision_outputs.last_hidden_state
+            image_states = image_outputs.last_hidden_state
+        outputs = self.fuse(
+            image_states, input_ids, attention_mask, image_indices, text_states, **kwargs, return_dict=True
+        )
+        outputs.image_outputs = image_outputs
+        return outputs
+
+    @capture_outputs(tie_last_hidden_states=False)
+    def fuse(
+        self,
+        image_states: torch.Tensor,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_indices: torch.LongTensor | None = None,
+        text_states: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MPLUGModelOutput:
+        """The text encoder (unless `text_states` are given) and the skip-connected fusion over encoded images."""
+        if (input_ids is None) == (text_states is None):
+            raise ValueError("pass exactly one of input_ids (texts) and text_states (encoded texts)")
         if text_states is None:
             validate_text_inputs(input_ids, attention_mask, self.config.text_config)
             text_states = self.text_encoder(input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
@@ -845,7 +879,6 @@ class MPLUGModel(MPLUGPreTrainedModel):
             text_states=text_states,
             fused_image_states=fused_image_states,
             fused_text_states=fused_text_states,
-            vision_model_output=vision_outputs,
         )
 
 
@@ -954,7 +987,6 @@ class MPLUGTextDecoder(MPLUGPreTrainedModel):
             decoder_attentions=decoded.attentions,
             cross_attentions=decoded.cross_attentions,
             encoder_last_hidden_state=memory,
-            encoder_attention_mask=memory_mask,
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
         )
@@ -981,9 +1013,7 @@ class MPLUGSeq2SeqLMOutput(ModelOutput):
     cross_attentions (`tuple(torch.FloatTensor)`, returned with `output_attentions=True`):
         The decoder's cross-attention probabilities over the memory.
     encoder_last_hidden_state (`torch.FloatTensor` of shape `(batch_size, memory_length, hidden_size)`):
-        The memory the decoder attended to.
-    encoder_attention_mask (`torch.LongTensor` of shape `(batch_size, memory_length)`):
-        Its mask (None for captioning: every image token is attended).
+        The memory the decoder attended to (its mask is the encoder output's `encoder_attention_mask`).
     encoder_hidden_states (`tuple(torch.FloatTensor)`, returned with `output_hidden_states=True`):
         The encoder's hidden states (see [`MPLUGModelOutput`], or the vision model's for captioning).
     encoder_attentions (`tuple(torch.FloatTensor)`, returned with `output_attentions=True`):
@@ -997,7 +1027,6 @@ class MPLUGSeq2SeqLMOutput(ModelOutput):
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     encoder_last_hidden_state: torch.FloatTensor | None = None
-    encoder_attention_mask: torch.LongTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -1049,6 +1078,7 @@ class MPLUGGenerationMixin(GenerationMixin):
 class MPLUGForCaptioning(MPLUGPreTrainedModel, MPLUGGenerationMixin):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    is_encoder_decoder_model = True
 
     def __init__(self, config: MPLUGConfig):
         super().__init__(config)
@@ -1163,6 +1193,8 @@ class MPLUGForCaptioning(MPLUGPreTrainedModel, MPLUGGenerationMixin):
     """
 )
 class MPLUGForQuestionAnswering(MPLUGPreTrainedModel, MPLUGGenerationMixin):
+    is_encoder_decoder_model = True
+
     def __init__(self, config: MPLUGConfig):
         super().__init__(config)
         self.mplug = MPLUGModel(config)
@@ -1417,9 +1449,9 @@ class MPLUGRetrievalOutput(ModelOutput):
         The image-text contrastive term.
     loss_itm (`torch.FloatTensor` of shape `()`, with `return_loss`):
         The image-text matching term (hard negatives).
-    vision_model_output (`BaseModelOutputWithPooling`):
+    image_outputs (`BaseModelOutputWithPooling`):
         The visual encoder's output.
-    text_model_output (`BaseModelOutputWithPooling`):
+    text_outputs (`BaseModelOutputWithPooling`):
         The text encoder's output.
     """
 
@@ -1431,8 +1463,8 @@ class MPLUGRetrievalOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     loss_itc: torch.FloatTensor | None = None
     loss_itm: torch.FloatTensor | None = None
-    vision_model_output: BaseModelOutputWithPooling | None = None
-    text_model_output: BaseModelOutputWithPooling | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
+    text_outputs: BaseModelOutputWithPooling | None = None
 
 
 @auto_docstring(
@@ -1542,8 +1574,8 @@ class MPLUGForRetrieval(MPLUGPreTrainedModel):
             text_embeds=text_feat,
             loss_itc=loss_itc,
             loss_itm=loss_itm,
-            vision_model_output=vision_outputs,
-            text_model_output=text_outputs,
+            image_outputs=vision_outputs,
+            text_outputs=text_outputs,
         )
 
     @torch.no_grad()
@@ -1597,11 +1629,17 @@ class MPLUGGroundingOutput(ModelOutput):
     pred_boxes (`torch.FloatTensor` of shape `(batch_size, 4)`):
         Normalised (cx, cy, w, h) on the padded square: the argmax of `logits` with labels, greedy decoding without.
         `processor.post_process_grounding` turns them into pixel boxes.
+    hidden_states (`tuple(torch.FloatTensor)`, returned with `output_hidden_states=True`):
+        The multimodal encoder's text states (see [`MPLUGModelOutput`]).
+    attentions (`tuple(torch.FloatTensor)`, returned with `output_attentions=True`):
+        The multimodal encoder's self-attention probabilities.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     pred_boxes: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @auto_docstring(
@@ -1677,8 +1715,9 @@ class MPLUGForGrounding(MPLUGPreTrainedModel):
                 return_dict=True,
             )
         memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
+        encoder_states = {"hidden_states": encoder_outputs.hidden_states, "attentions": encoder_outputs.attentions}
         if labels is None:
-            return MPLUGGroundingOutput(pred_boxes=self.predict_boxes(encoder_outputs=encoder_outputs))
+            return MPLUGGroundingOutput(pred_boxes=self.predict_boxes(encoder_outputs=encoder_outputs), **encoder_states)
         if labels.shape != (memory.shape[0], 4) or not bool(torch.isfinite(labels).all()):
             raise ValueError(f"labels must be finite boxes of shape ({memory.shape[0]}, 4), got {tuple(labels.shape)}")
         target_tokens = self.boxes_to_tokens(labels)
@@ -1687,7 +1726,7 @@ class MPLUGForGrounding(MPLUGPreTrainedModel):
         bin_logits = bin_logits[:, :4]
         target_bins = target_tokens - self.config.box_bin_start_token_id
         loss, pred_boxes = grounding_loss(bin_logits, target_bins, labels, self.config.num_box_bins)
-        return MPLUGGroundingOutput(loss=loss, logits=bin_logits, pred_boxes=pred_boxes)
+        return MPLUGGroundingOutput(loss=loss, logits=bin_logits, pred_boxes=pred_boxes, **encoder_states)
 
     @torch.no_grad()
     def predict_boxes(
@@ -1737,6 +1776,10 @@ class MPLUGPreTrainingOutput(ModelOutput):
         Masked language modelling loss on the fused text.
     loss_prefix_lm (`torch.FloatTensor` of shape `()`, with `labels`):
         Prefix language modelling loss of the decoder.
+    logits_per_image (`torch.FloatTensor` of shape `(batch_size, batch_size)`):
+        In-batch ITC similarities / temperature.
+    logits_per_text (`torch.FloatTensor` of shape `(batch_size, batch_size)`):
+        The transpose.
     """
 
     loss: torch.FloatTensor | None = None
@@ -1744,6 +1787,8 @@ class MPLUGPreTrainingOutput(ModelOutput):
     loss_itm: torch.FloatTensor | None = None
     loss_mlm: torch.FloatTensor | None = None
     loss_prefix_lm: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
 
 
 @auto_docstring(
@@ -1849,7 +1894,9 @@ class MPLUGForPreTraining(MPLUGPreTrainedModel):
                 labels=labels,
                 return_dict=True,
             ).loss
-        return MPLUGPreTrainingOutput(loss=sum(losses.values()), **losses)
+        return MPLUGPreTrainingOutput(
+            loss=sum(losses.values()), **losses, logits_per_image=logits_per_image, logits_per_text=logits_per_image.t()
+        )
 
 
 __all__ = [

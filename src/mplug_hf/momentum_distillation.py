@@ -144,9 +144,15 @@ def init_momentum_buffers(module: MPLUGMomentumEncoders, init) -> None:
     init.copy_(module.initialized, torch.zeros_like(module.initialized))
 
 
+def pick_hard_negatives(weights: torch.Tensor, sample: bool) -> torch.LongTensor:
+    """One column per row of `weights`: sampled in proportion to them (training), else the heaviest."""
+    return torch.multinomial(weights, 1).view(-1) if sample else weights.argmax(dim=1)
+
+
 def hard_negative_itm_loss(model, image_states, text_states, attention_mask, logits_per_image, image_ids=None):
     """ITM over positives + one hard negative text per image and one hard negative image per text, sampled in
-    proportion to the softmax of ITC similarities with positives excluded (as the original)."""
+    proportion to the softmax of ITC similarities with positives excluded (as the original). Outside training the
+    hardest negative is taken instead, so that an evaluation loss is reproducible."""
     batch_size = image_states.shape[0]
     with torch.no_grad():
         if image_ids is None:
@@ -155,8 +161,8 @@ def hard_negative_itm_loss(model, image_states, text_states, attention_mask, log
             positive = image_ids.view(-1, 1) == image_ids.view(1, -1)
         weights_i2t = logits_per_image.float().softmax(dim=1).masked_fill(positive, 0) + 1e-12
         weights_t2i = logits_per_image.t().float().softmax(dim=1).masked_fill(positive, 0) + 1e-12
-        negative_texts = torch.multinomial(weights_i2t, 1).view(-1)
-        negative_images = torch.multinomial(weights_t2i, 1).view(-1)
+        negative_texts = pick_hard_negatives(weights_i2t, sample=model.training)
+        negative_images = pick_hard_negatives(weights_t2i, sample=model.training)
     fused = model.mplug(
         image_states=torch.cat([image_states, image_states[negative_images], image_states], dim=0),
         text_states=torch.cat([text_states, text_states, text_states[negative_texts]], dim=0),
