@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from transformers import AutoProcessor
 
@@ -160,3 +162,54 @@ def test_captioning_prompt_and_batch_checks(processor):
     assert processor(text=["", ""])["input_ids"].tolist() == [[101], [101]]
     with pytest.raises(ValueError, match="batch size mismatch: 2 images but 1 texts"):
         processor(images=[rgb_image(), rgb_image()], text="one question")
+
+
+# transformers 4's slow BERT decoding, which the original mPLUG evaluation and ModelScope's mPLUG pipeline call
+def _bert4_clean_up(text: str) -> str:
+    for dirty, clean in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                         (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):  # fmt: skip
+        text = text.replace(dirty, clean)
+    return text
+
+
+def original_answer(tokenizer, ids: list[int]) -> str:
+    """The original's `tokenizer.decode(ids).replace("[SEP]", "").replace("[CLS]", "").replace("[PAD]", "").strip()`."""
+    text = _bert4_clean_up(" ".join(tokenizer.convert_ids_to_tokens(ids)).replace(" ##", "").strip())
+    return text.replace("[SEP]", "").replace("[CLS]", "").replace("[PAD]", "").strip()
+
+
+def modelscope_answer(tokenizer, ids: list[int]) -> str:
+    """ModelScope's `tokenizer.decode(ids, skip_special_tokens=True)`."""
+    tokens = tokenizer.convert_ids_to_tokens([i for i in ids if i not in tokenizer.all_special_ids])
+    return _bert4_clean_up(" ".join(tokens).replace(" ##", "").strip())
+
+
+def test_decoded_answers_are_the_original_and_modelscope_strings(processor):
+    tokenizer = processor.tokenizer
+
+    def answer_ids(text: str, pieces=()) -> list[int]:
+        ids = tokenizer.convert_tokens_to_ids(list(pieces)) + tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id, tokenizer.pad_token_id]
+
+    for text in ("no, it isn't", "what's this? a man's hat, isn't it!", "they're here. i'm sure", "yes"):
+        ids = answer_ids(text)
+        assert processor.decode(ids) == original_answer(tokenizer, ids) == modelscope_answer(tokenizer, ids)
+    assert processor.decode(answer_ids("no, it isn't")) == "no, it isn't"
+    # a leading continuation piece joins the [CLS] of the original's decoding and goes with it; ModelScope skips
+    # [CLS] first and would keep "##ing" (the one string where the two differ: mplug_hf writes the original's)
+    ids = answer_ids("dog", pieces=["##ing"])
+    assert processor.decode(ids) == original_answer(tokenizer, ids) == "ing dog"
+    assert processor.batch_decode(torch.tensor([ids, [*answer_ids("yes"), 0]])) == ["ing dog", "yes"]
+    assert processor.decode(torch.tensor([*answer_ids("yes"), -100])) == "yes"  # label padding
+    with pytest.raises(ValueError, match="batch of id sequences.*decode\\(\\)"):
+        processor.batch_decode(torch.tensor(answer_ids("yes")))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(999, 30521), min_size=1, max_size=12))
+def test_any_answer_decodes_as_the_original(pieces):
+    """Every word-piece sequence (ids past the [unused] block) decodes to the original's string."""
+    tokenizer = MPLUGProcessor().tokenizer
+    ids = [tokenizer.cls_token_id, *pieces, tokenizer.sep_token_id, tokenizer.pad_token_id]
+    processor = MPLUGProcessor(tokenizer=tokenizer)
+    assert processor.decode(ids) == original_answer(tokenizer, ids)

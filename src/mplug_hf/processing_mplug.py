@@ -225,15 +225,28 @@ class MPLUGProcessor(ProcessorMixin):
         return self.image_processor.post_process_grounding(pred_boxes, image_sizes)
 
     def batch_decode(self, sequences, skip_special_tokens: bool = True, **kwargs) -> list[str]:
-        if torch.is_tensor(sequences):
+        """
+        The answer / caption strings the original's evaluation and ModelScope's mPLUG pipeline write (transformers 4's
+        BERT decoding): word pieces joined, tokenization spaces cleaned up (`"isn't"`, not `"isn ' t"`; `"no, it"`),
+        and a leading `##` piece joined to the `[CLS]` before it, so removed with it (`"##ing dog"` → `"ing dog"`).
+        Negative ids (the -100 of label padding) are dropped. Keyword arguments go to the tokenizer's `batch_decode`.
+        """
+        if hasattr(sequences, "tolist"):  # tensors and numpy arrays
             sequences = sequences.tolist()
+        if not isinstance(sequences, (list, tuple)) or not all(isinstance(row, (list, tuple)) for row in sequences):
+            raise ValueError(
+                "batch_decode takes a batch of id sequences (a 2-D tensor or a list of lists); decode one sequence "
+                "with decode()"
+            )
+        kwargs.setdefault("clean_up_tokenization_spaces", True)
         cleaned = [[token for token in row if token >= 0] for row in sequences]
-        return [
-            text.strip()
-            for text in self.tokenizer.batch_decode(cleaned, skip_special_tokens=skip_special_tokens, **kwargs)
-        ]
+        texts = self.tokenizer.batch_decode(cleaned, skip_special_tokens=skip_special_tokens, **kwargs)
+        return [text.strip().removeprefix("##") for text in texts]
 
     def decode(self, sequence, skip_special_tokens: bool = True, **kwargs) -> str:
+        """One id sequence as [`~MPLUGProcessor.batch_decode`] writes it."""
+        if hasattr(sequence, "tolist"):
+            sequence = sequence.tolist()
         return self.batch_decode([sequence], skip_special_tokens=skip_special_tokens, **kwargs)[0]
 
     def post_process_image_text_to_text(
