@@ -245,6 +245,27 @@ def test_vqa_pipeline_rejects_bad_inputs(vqa_pipe, images, tmp_path, processor):
             pipeline("visual-question-answering", model=build(head), processor=processor, device="cpu")
 
 
+def test_vqa_pipeline_from_a_tokenizer_and_an_image_processor_encodes_as_the_processor(
+    vqa_pipe, vqa_model, processor, images
+):
+    """Without a processor the mPLUG pipeline still encodes `[CLS] question` (a bare tokenizer would add [SEP]) and
+    answers as with the processor; another model's processor is refused."""
+    pictures, _ = images
+    from_parts = pipeline(
+        "visual-question-answering",
+        model=vqa_model,
+        tokenizer=processor.tokenizer,
+        image_processor=processor.image_processor,
+        device="cpu",
+    )
+    item = {"image": pictures[0], "question": QUESTIONS[0]}
+    assert from_parts.preprocess(item)["input_ids"].tolist() == processor(text=QUESTIONS[0])["input_ids"].tolist()
+    assert from_parts(**item, top_k=2, max_new_tokens=3) == vqa_pipe(**item, top_k=2, max_new_tokens=3)
+    blip_processor = BlipProcessor(BlipImageProcessorPil(size={"height": 32, "width": 32}), processor.tokenizer)
+    with pytest.raises(ValueError, match="needs its MPLUGProcessor, got BlipProcessor"):
+        pipeline("visual-question-answering", model=vqa_model, processor=blip_processor, device="cpu")
+
+
 def test_only_the_visual_question_answering_removal_is_lifted():
     for task in ("visual-question-answering", "vqa"):
         name, implementation, _ = check_task(task)
@@ -307,7 +328,7 @@ def test_grounding_pipeline_returns_pixel_boxes_of_predict_boxes(processor, imag
     query = "the dog on the left"
     result = grounder(paths[1], query=query)
     image_inputs = processor.image_processor(pictures[1], mode="grounding")
-    text_inputs = processor.tokenizer(query, return_tensors="pt")
+    text_inputs = processor.encode_text(query)  # `[CLS] query`, the processor's (original) convention
     normalised = model.predict_boxes(
         input_ids=text_inputs["input_ids"],
         pixel_values=image_inputs["pixel_values"],

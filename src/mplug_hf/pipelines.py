@@ -16,6 +16,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_VISUAL_QUESTION_ANS
 from transformers.pipelines import PIPELINE_REGISTRY, REMOVED_TASKS
 
 from .image_processing_mplug import load_image
+from .processing_mplug import MPLUGProcessor
 
 
 TASK = "visual-question-answering"
@@ -121,6 +122,16 @@ class VisualQuestionAnsweringPipeline(Pipeline):
             )
         if self.processor is None and (self.tokenizer is None or self.image_processor is None):
             raise ValueError("pass a processor, or a tokenizer and an image processor")
+        if self.model.config.model_type == "mplug":
+            # mPLUG's questions are encoded with the processor's convention (`[CLS] q`, no [SEP], as the released
+            # weights were trained); a bare tokenizer, or another model's processor, would add the [SEP]
+            if self.processor is None:
+                self.processor = MPLUGProcessor(self.image_processor, self.tokenizer)
+            elif not hasattr(self.processor, "encode_text"):
+                raise ValueError(
+                    f"an mPLUG model needs its MPLUGProcessor, got {type(self.processor).__name__}: it encodes the "
+                    "questions as the model was trained ([CLS] question)"
+                )
 
     def _sanitize_parameters(
         self,
@@ -294,8 +305,8 @@ class VisualGroundingPipeline(Pipeline):
     {'box': {'xmin': 12.0, 'ymin': 40.5, 'xmax': 180.2, 'ymax': 470.0}}
     ```
 
-    Queries are tokenized as the original grounding model saw them: `[CLS] query [SEP]`, at most
-    `max_query_length` (20) tokens.
+    Queries are encoded with the processor's convention (`[CLS] query` for the original one, as the grounding collator
+    and the evaluation runner encode them), at most `max_query_length` (20) tokens.
     """
 
     _load_processor = True
@@ -323,7 +334,7 @@ class VisualGroundingPipeline(Pipeline):
         Args:
             image: an image (path, PIL image, array, tensor) or a list of them.
             query (`str` or `list[str]`): the referring expression(s); lists pair up as in the VQA pipeline.
-            max_query_length (`int`, *optional*, defaults to 20): query tokens, `[CLS]` and `[SEP]` included.
+            max_query_length (`int`, *optional*, defaults to 20): query tokens, special tokens included.
 
         Returns:
             `{"box": {"xmin", "ymin", "xmax", "ymax"}}` per query (a list of them for several queries).
