@@ -330,14 +330,17 @@ def test_cli_push_to_hub_uploads_the_remote_code_folder(ref, tmp_path, monkeypat
             return type("Repo", (), {"repo_id": repo_id})()
 
         def upload_folder(self, repo_id, folder_path, **kwargs):
-            uploads.append((repo_id, sorted(p.name for p in __import__("pathlib").Path(folder_path).iterdir())))
+            folder = __import__("pathlib").Path(folder_path)
+            uploads.append((repo_id, sorted(p.name for p in folder.iterdir()), (folder / "README.md").read_text()))
 
     monkeypatch.setattr(mplug_hf.hub, "HfApi", FakeApi)
     reference_dir, _, _ = ref
     main([str(reference_dir / "checkpoints" / "mplug_caption.pth"), str(tmp_path), "--task", "caption",
           "--config-bert", str(reference_dir / "config" / "config_bert.json"), "--push-to-hub", "me/mplug-tiny"])  # fmt: skip
-    ((repo, files),) = uploads
+    ((repo, files, card),) = uploads
     assert repo == "me/mplug-tiny" and "modeling_mplug.py" in files and "README.md" in files
+    # the card of weights just converted says so (and names the authors' training data)
+    assert "## Conversion" in card and "mplug-convert" in card and "- coco" in card
 
 
 def trimmed(sequences, lengths):

@@ -334,6 +334,32 @@ def test_model_card_snippets_run_against_tiny_exports(exports, image_path, monke
     assert "generated_text" in capsys.readouterr().out
 
 
+def test_exported_cards_claim_no_training_data_or_results_they_cannot_know(exports, tmp_path, processor):
+    """export_for_hub cannot tell from a model whether it was trained since its conversion: by default its card
+    names no training data and no paper results; `datasets=` names the caller's, `original_weights=True` the
+    authors' (their converted weights)."""
+    authors_data = ("VQA v2", "Visual Genome", "vqav2", "visual_genome", "reported in the paper", "mplug-convert")
+    for task, (_, folder) in exports.items():
+        card = ModelCard.load(os.path.join(folder, "README.md"))
+        assert card.data.datasets is None and card.data.eval_results is None
+        assert "Not recorded" in card.text and "## Conversion" not in card.text
+        assert not [claim for claim in authors_data if claim in card.text], task
+    # a base-sized model is not the authors' base model either: no paper results unless the caller says so
+    card = render_model_card("vqa", "base", "me/vqa", original_weights=False, image_size=224)
+    assert card.data.eval_results is None and "224×224" in card.text and "79.79" not in card.text
+    model = build("vqa")
+    export_for_hub(model, processor, str(tmp_path / "easy"), datasets=["easy_vqa"])
+    card = ModelCard.load(tmp_path / "easy" / "README.md")
+    assert card.data.datasets == ["easy_vqa"] and "trained on: `easy_vqa`" in card.text
+    export_for_hub(model, processor, str(tmp_path / "converted"), original_weights=True)
+    card = ModelCard.load(tmp_path / "converted" / "README.md")
+    assert card.data.datasets == TASKS["vqa"]["datasets"] and "## Conversion" in card.text
+    with pytest.raises(ValueError, match="original_weights=False"):
+        export_for_hub(model, processor, str(tmp_path / "both"), original_weights=True, datasets=["easy_vqa"])
+    with pytest.raises(ValueError, match="list of dataset ids"):
+        render_model_card("vqa", None, "me/vqa", original_weights=False, datasets="easy_vqa")
+
+
 def test_render_model_card_rejects_unknown_families():
     with pytest.raises(ValueError, match="unknown task"):
         render_model_card("segmentation", "base", "a/b")

@@ -890,8 +890,9 @@ def main(argv: list[str] | None = None) -> None:
 
         from .hub import push_to_hub
 
-        # with the remote code, the auto_map and the model card, so the repo works without mplug_hf installed
-        push_to_hub(model, AutoProcessor.from_pretrained(output_dir), args.push_to_hub)
+        # with the remote code, the auto_map and the model card (of the authors' weights, just converted), so the
+        # repo works without mplug_hf installed
+        push_to_hub(model, AutoProcessor.from_pretrained(output_dir), args.push_to_hub, original_weights=True)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,15 @@ def remote_code_files() -> list[str]:
     return sorted(files)
 
 
-def export_for_hub(model, processor, save_dir: str, model_card: ModelCard | str | None = None, repo_id=None) -> str:
+def export_for_hub(
+    model,
+    processor,
+    save_dir: str,
+    model_card: ModelCard | str | None = None,
+    repo_id=None,
+    original_weights: bool = False,
+    datasets: list[str] | None = None,
+) -> str:
     """
     Write a Hub-ready folder for `model` and `processor`: `model.safetensors`, `config.json` (with `auto_map`),
     `generation_config.json` (generating heads), the processor files (with `auto_map` for `AutoProcessor` and
@@ -90,9 +98,14 @@ def export_for_hub(model, processor, save_dir: str, model_card: ModelCard | str 
         model: an mplug_hf model (any head).
         processor ([`MPLUGProcessor`]): the model's processor.
         save_dir (`str`): the folder to write (created if needed).
-        model_card (`ModelCard` or `str`, *optional*): the card; by default one is rendered for the head and size
-            with [`render_model_card`].
+        model_card (`ModelCard` or `str`, *optional*): the card; by default one is rendered for the head, size and
+            resolution with [`render_model_card`].
         repo_id (`str`, *optional*): the Hub repository the card's snippets load (default: the folder's name).
+        original_weights (`bool`, *optional*, defaults to `False`): `model` holds the authors' released weights,
+            converted unchanged, so the card may name their training data and reported results. Nothing in a model
+            tells whether it was trained since, so by default the card claims neither.
+        datasets (`list[str]`, *optional*): Hub ids of the data `model` was trained on, for the card (otherwise it
+            says the training data were not recorded).
 
     Returns:
         `save_dir`.
@@ -116,7 +129,14 @@ def export_for_hub(model, processor, save_dir: str, model_card: ModelCard | str 
 
     if model_card is None:
         repo_id = repo_id or os.path.basename(os.path.normpath(save_dir))
-        model_card = render_model_card(HEAD_TASKS[head], model_size(model.config), repo_id)
+        model_card = render_model_card(
+            HEAD_TASKS[head],
+            model_size(model.config),
+            repo_id,
+            original_weights=original_weights,
+            datasets=datasets,
+            image_size=model.config.vision_config.image_size,
+        )
     elif isinstance(model_card, str):
         model_card = ModelCard(model_card)
     atomic_write_text(os.path.join(save_dir, "README.md"), str(model_card))
@@ -133,15 +153,26 @@ def push_to_hub(
     commit_message: str = "Upload mPLUG model, processor and remote code",
     revision: str | None = None,
     create_pr: bool = False,
+    original_weights: bool = False,
+    datasets: list[str] | None = None,
 ):
     """
     Export `model` and `processor` with [`export_for_hub`] and upload the folder to `repo_id` (created if missing)
-    in one commit. Returns the `CommitInfo` of the upload.
+    in one commit. Returns the `CommitInfo` of the upload. `original_weights` and `datasets` are what the model
+    card may say of the training (see [`export_for_hub`]).
     """
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     with tempfile.TemporaryDirectory() as folder:
-        export_for_hub(model, processor, folder, model_card=model_card, repo_id=repo_id)
+        export_for_hub(
+            model,
+            processor,
+            folder,
+            model_card=model_card,
+            repo_id=repo_id,
+            original_weights=original_weights,
+            datasets=datasets,
+        )
         return api.upload_folder(
             repo_id=repo_id,
             folder_path=folder,
@@ -404,24 +435,88 @@ def _results_section(task: str, size: str | None) -> tuple[list[EvalResult], str
     return results, text
 
 
-def render_model_card(task: str, size: str | None, repo_id: str) -> ModelCard:
+def render_model_card(
+    task: str,
+    size: str | None,
+    repo_id: str,
+    original_weights: bool = True,
+    datasets: list[str] | None = None,
+    image_size: int | None = None,
+) -> ModelCard:
     """
-    The model card of an mPLUG checkpoint family: Hub metadata (license, tags, pipeline tag, datasets, and a
-    model-index holding the results reported in the paper, labelled as such), usage with and without `mplug_hf`,
-    and the conversion command.
+    The model card of an mPLUG model: Hub metadata (license, tags, pipeline tag, datasets, and for the authors'
+    weights a model-index holding the results reported in the paper, labelled as such), usage with and without
+    `mplug_hf`, and how the weights were made.
 
     Args:
         task (`str`): `"pretrain"`, `"vqa"`, `"caption"`, `"retrieval"` or `"grounding"`.
         size (`str`): `"base"`, `"large"`, or None for other shapes (no paper results then).
         repo_id (`str`): the repository the usage snippets load.
+        original_weights (`bool`, *optional*, defaults to `True`): the authors' released weights, converted unchanged
+            (a checkpoint family's card): the card names their training data and reported results and the conversion
+            command. With `False` (a model trained or fine-tuned since, or of unknown origin) it claims neither: the
+            training data are `datasets`, or stated as not recorded.
+        datasets (`list[str]`, *optional*): Hub ids of the data the model was trained on (with
+            `original_weights=False` only: the authors' weights were trained on the data their card names).
+        image_size (`int`, *optional*): the model's input resolution (defaults to the released checkpoint's).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
     if size not in (None, *SIZES):
         raise ValueError(f"unknown size {size!r}; choose 'base', 'large' or None")
+    if original_weights and datasets is not None:
+        raise ValueError(
+            "datasets describe a model's own training: pass original_weights=False with them (the authors' weights "
+            "were trained on the data their card names)"
+        )
+    if datasets is not None and (isinstance(datasets, str) or not all(isinstance(d, str) and d for d in datasets)):
+        raise ValueError(f"datasets must be a list of dataset ids (strings), got {datasets!r}")
     info = TASKS[task]
-    results, results_text = _results_section(task, size)
     name = f"mPLUG-{size.capitalize()} ({info['title']})" if size else f"mPLUG ({info['title']})"
+    architecture = SIZES[size] if size else "a custom-sized mPLUG"
+    image_size = image_size or IMAGE_SIZES.get((task, size))
+    resolution = f" at {image_size}×{image_size} pixels" if image_size else ""
+    packaging = f"""This repository was packaged with `mplug_hf.push_to_hub(model, processor, "{repo_id}")` (weights, processor, generation settings and
+the remote code)."""
+    if original_weights:
+        results, results_text = _results_section(task, size)
+        summary, datasets = info["summary"], info["datasets"]
+        provenance = "the authors' weights converted to" if size else "an mPLUG model of a custom size for"
+        source = info["sources"][size] if size else "the authors' released files"
+        image_size_flag = f" --image-size {image_size}" if image_size else ""
+        origin = f"""## Results reported in the paper
+
+{results_text}
+## Conversion
+
+Original checkpoints ({source}) are converted with the `mplug_hf` converter, which checks every tensor against the
+original architecture:
+
+```bash
+mplug-convert <original checkpoint> converted/ --task {task} --config-bert <config_bert.json>{image_size_flag}
+```
+
+{packaging}"""
+    else:
+        results = []
+        summary = f"An mPLUG {info['title']} model (`{info['head']}`) trained or fine-tuned with `mplug_hf`."
+        provenance = "an mPLUG model for"
+        trained_on = (
+            "This model was trained on: " + ", ".join(f"`{dataset}`" for dataset in datasets) + "."
+            if datasets
+            else "Not recorded: whoever exported this model did not say which data trained it (`export_for_hub` / "
+            "`push_to_hub` take `datasets=[...]`)."
+        )
+        origin = f"""## Training data
+
+{trained_on}
+
+## Results
+
+No results are recorded for this model. The results in the mPLUG paper ([Li et al.]({PAPER_URL})) were measured on the
+authors' released weights, not on this model.
+
+{packaging}"""
     card_data = ModelCardData(
         model_name=name,
         license="apache-2.0",
@@ -429,19 +524,13 @@ def render_model_card(task: str, size: str | None, repo_id: str) -> ModelCard:
         language="en",
         pipeline_tag=info["pipeline_tag"],
         tags=["mplug", "vision-language", "custom_code", *info["tags"]],
-        datasets=info["datasets"],
+        datasets=list(datasets) if datasets else None,
         eval_results=results or None,
     )
-    architecture = SIZES[size] if size else "a custom-sized mPLUG"
-    image_size = IMAGE_SIZES.get((task, size))
-    resolution = f" at {image_size}×{image_size} pixels" if image_size else ""
-    source = info["sources"][size] if size else "the authors' released files"
-    provenance = "the authors' weights converted to" if size else "an mPLUG model of a custom size for"
-    image_size_flag = f" --image-size {image_size}" if image_size else ""
     body = f"""
 # {name}
 
-{info["summary"]}
+{summary}
 
 mPLUG ([Li et al., EMNLP 2022]({PAPER_URL})) is a vision-language model whose cross-modal skip-connections let the
 text attend to the image cheaply: {architecture}{resolution}. This repository holds {provenance} `mplug_hf`, a
@@ -461,20 +550,7 @@ Without it, the modeling code shipped in this repository loads the model (`trust
 {info["remote"].format(repo_id=repo_id)}
 ```
 
-## Results reported in the paper
-
-{results_text}
-## Conversion
-
-Original checkpoints ({source}) are converted with the `mplug_hf` converter, which checks every tensor against the
-original architecture:
-
-```bash
-mplug-convert <original checkpoint> converted/ --task {task} --config-bert <config_bert.json>{image_size_flag}
-```
-
-This repository was packaged with `mplug_hf.push_to_hub(model, processor, "{repo_id}")` (weights, processor, generation settings and
-the remote code).
+{origin}
 
 ## License and citation
 
