@@ -1,6 +1,7 @@
 """Shared pieces of the benchmarks: settings, random-weight models and inputs, interleaved timing with peak memory,
 and the markdown report."""
 
+import contextlib
 import copy
 import ctypes
 import gc
@@ -43,6 +44,15 @@ class BenchmarkSettings:
     dpg_questions: int = 15
     peak_tflops: float | None = None
     seed: int = 0
+    # lower-precision variants of each fast path, timed beside it (see PRECISIONS); float32 runs only
+    precisions: tuple[str, ...] = ("bf16-weights", "bf16-autocast")
+
+
+# What `--precisions` can add beside each fast path: the row label, and how the float32 model is turned into it.
+PRECISIONS = {
+    "bf16-weights": "bfloat16 weights",
+    "bf16-autocast": "bfloat16 autocast, float32 weights",
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -94,9 +104,10 @@ def random_texts(
     return input_ids.to(settings.device), attention_mask.to(settings.device)
 
 
-def autocast(settings: BenchmarkSettings):
-    """Mixed precision for training with a low-precision `dtype` (the weights stay float32)."""
-    return torch.autocast(settings.device.type, dtype=settings.dtype, enabled=settings.dtype != torch.float32)
+def autocast(settings: BenchmarkSettings, dtype: torch.dtype | None = None):
+    """Mixed precision in `dtype` (default: the settings' dtype; none for float32), the weights staying float32."""
+    dtype = dtype or settings.dtype
+    return torch.autocast(settings.device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def count_parameters(model: torch.nn.Module) -> float:
@@ -180,10 +191,12 @@ class PeakMemory:
 @dataclass
 class Side:
     """One way of doing a benchmark's work. `run` is timed; `warmup` (default: `run`) is called once beforehand, and
-    may be a smaller call where the full one takes minutes."""
+    may be a smaller call where the full one takes minutes. A lower-precision variant names the float32 side it
+    repeats (`float32_side`), which its speed is also compared with."""
 
     run: Callable[[], Any]
     warmup: Callable[[], Any] | None = None
+    float32_side: str | None = None
 
 
 @dataclass
@@ -192,6 +205,7 @@ class Measurement:
     peak_bytes: int = 0
     increase_bytes: int | None = None
     output: Any = None
+    float32_side: str | None = None
 
     @property
     def median(self) -> float:
@@ -203,7 +217,7 @@ def measure(sides: dict[str, Side], settings: BenchmarkSettings) -> dict[str, Me
     machine hit all sides alike. Each side keeps its largest peak memory and its last output."""
     for side in sides.values():
         (side.warmup or side.run)()
-    measurements = {name: Measurement() for name in sides}
+    measurements = {name: Measurement(float32_side=side.float32_side) for name, side in sides.items()}
     pending = list(sides)
     while pending:
         for name in list(pending):
@@ -225,6 +239,53 @@ def measure(sides: dict[str, Side], settings: BenchmarkSettings) -> dict[str, Me
     return measurements
 
 
+def precision_variant(model: torch.nn.Module, precision: str, settings: BenchmarkSettings):
+    """`(model, context)` that run float32 `model`'s work in `precision`: a bfloat16 copy (as
+    `from_pretrained(..., dtype=torch.bfloat16)` loads it), or `model` itself under bfloat16 autocast."""
+    if precision == "bf16-weights":
+        return copy.deepcopy(model).to(torch.bfloat16), contextlib.nullcontext
+    if precision == "bf16-autocast":
+        return model, lambda: autocast(settings, torch.bfloat16)
+    raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+
+
+def precision_sides(
+    name: str,
+    model: torch.nn.Module,
+    run: Callable[[torch.nn.Module], Any],
+    settings: BenchmarkSettings,
+    warmup: Callable[[torch.nn.Module], Any] | None = None,
+) -> dict[str, Side]:
+    """The side `name` (`run(model)`, `warmup(model)`) and its variants in `settings.precisions`, the same calls on
+    [`precision_variant`]s of `model`. Only the side itself where the benchmark does not run in float32 (e.g.
+    `--dtype bfloat16` on a GPU)."""
+    sides = {name: Side(run=lambda: run(model), warmup=warmup and (lambda: warmup(model)))}
+    if settings.dtype != torch.float32:
+        return sides
+    for precision in settings.precisions:
+        variant, context = precision_variant(model, precision, settings)
+
+        def in_precision(work, variant=variant, context=context):
+            with context():
+                return work(variant)
+
+        sides[f"{name} · {PRECISIONS[precision]}"] = Side(
+            run=lambda in_precision=in_precision: in_precision(run),
+            warmup=warmup and (lambda in_precision=in_precision: in_precision(warmup)),
+            float32_side=name,
+        )
+    return sides
+
+
+def precision_notes(measurements: dict[str, Measurement], compare: Callable[[Any, Any], str]) -> list[str]:
+    """One note per lower-precision side: `compare(its output, its float32 side's output)`."""
+    return [
+        f"{name}: {compare(measurement.output, measurements[measurement.float32_side].output)}"
+        for name, measurement in measurements.items()
+        if measurement.float32_side is not None
+    ]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Results and report
 # ----------------------------------------------------------------------------------------------------------------------
@@ -237,6 +298,7 @@ class Row:
     images: int
     tokens: int | None
     speedup: float
+    float32_speedup: float | None = None  # lower-precision rows: their float32 side's median time / theirs
 
 
 @dataclass
@@ -256,11 +318,19 @@ def make_result(
     tokens: int | None = None,
     notes: list[str] | None = None,
 ) -> BenchmarkResult:
-    """Rows in `measurements` order with speed-up = reference median time / the side's median time. `images` and
-    `tokens` are the work of one run (tokens: generated tokens of the returned sequences)."""
+    """Rows in `measurements` order with speed-up = reference median time / the side's median time (and, for a
+    lower-precision side, its float32 side's median time / its own). `images` and `tokens` are the work of one run
+    (tokens: generated tokens of the returned sequences)."""
     reference_time = measurements[reference].median
     rows = [
-        Row(name, measurement, images, tokens, reference_time / measurement.median)
+        Row(
+            name,
+            measurement,
+            images,
+            tokens,
+            reference_time / measurement.median,
+            measurements[measurement.float32_side].median / measurement.median if measurement.float32_side else None,
+        )
         for name, measurement in measurements.items()
     ]
     return BenchmarkResult(title, rows, list(notes or []))
@@ -280,6 +350,12 @@ def describe_machine(settings: BenchmarkSettings) -> list[str]:
     ]
     if settings.device.type == "cuda":
         lines.append(f"GPU: {torch.cuda.get_device_name(settings.device)}")
+    else:
+        instructions = cpu_bfloat16_instructions()
+        lines.append(
+            "CPU bfloat16 instructions: "
+            + (", ".join(instructions) or "none (torch computes bfloat16 matmuls without hardware support)")
+        )
     if hasattr(os, "getloadavg"):
         lines.append("load average at start (1/5/15 min): " + " / ".join(f"{x:.2f}" for x in os.getloadavg()))
     lines.append(
@@ -290,6 +366,17 @@ def describe_machine(settings: BenchmarkSettings) -> list[str]:
         f"device {settings.device}, dtype {str(settings.dtype).removeprefix('torch.')}; memory: {memory_kind}"
     )
     return lines
+
+
+def cpu_bfloat16_instructions() -> list[str]:
+    """The bfloat16 matrix instructions the CPU reports in /proc/cpuinfo (Intel AMX-BF16, AVX512-BF16): where there
+    are none (AVX2-only CPUs), bfloat16 matmuls run far slower than float32 ones, which decides the bfloat16 rows."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next(line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return [flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags]
 
 
 def _proc_meminfo_total() -> int | None:
@@ -308,17 +395,19 @@ def format_report(machine: list[str], settings_line: str, results: list[Benchmar
     lines = ["## mplug_hf benchmarks", ""]
     lines += [f"- {line}" for line in machine] + [f"- {settings_line}", ""]
     lines.append(
-        "| benchmark | method | median s (runs) | images/s | tokens/s | peak mem MiB | peak increase MiB | speed-up |"
+        "| benchmark | method | median s (runs) | images/s | tokens/s | peak mem MiB | peak increase MiB | speed-up "
+        "| vs float32 |"
     )
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for result in results:
         for row in result.rows:
             median = row.measurement.median
             tokens = f"{row.tokens / median:,.1f}" if row.tokens else ""
+            versus_float32 = f"{row.float32_speedup:.2f}×" if row.float32_speedup is not None else ""
             lines.append(
                 f"| {result.title} | {row.method} | {median:.3f} ({len(row.measurement.seconds)}) | "
                 f"{row.images / median:,.2f} | {tokens} | {_mib(row.measurement.peak_bytes)} | "
-                f"{_mib(row.measurement.increase_bytes)} | {row.speedup:.2f}× |"
+                f"{_mib(row.measurement.increase_bytes)} | {row.speedup:.2f}× | {versus_float32} |"
             )
     notes = [(result.title, note) for result in results for note in result.notes]
     if notes:

@@ -2,7 +2,8 @@
 questions per item, answered as ModelScope's VQA pipeline answers them (beam 5, min 1, max 10, decoded string):
 one pipeline-style call per (crop, question) as the official DPG-Bench and TIFA scripts make them (preprocess one
 crop and one question, encode, beam search, decode) against `mplug_hf.t2i_benchmarks.VQAJudge` (every crop encoded
-once for all its questions, all crops of all items in one batch, the beams sharing their question's memory)."""
+once for all its questions, all crops of all items in one batch, the beams sharing their question's memory), the
+latter also in bfloat16."""
 
 import numpy as np
 import torch
@@ -11,7 +12,16 @@ from PIL import Image
 from mplug_hf import MPLUGConfig, MPLUGForQuestionAnswering, MPLUGImageProcessor, MPLUGProcessor
 from mplug_hf.t2i_benchmarks import VQAJudge, crop_boxes
 
-from .common import BenchmarkResult, BenchmarkSettings, Side, build_model, make_result, measure
+from .common import (
+    BenchmarkResult,
+    BenchmarkSettings,
+    Side,
+    build_model,
+    make_result,
+    measure,
+    precision_notes,
+    precision_sides,
+)
 
 
 PER_QUESTION = "one pipeline call per question (official scripts)"
@@ -36,16 +46,19 @@ def dpg_scoring(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Benchm
     model = build_model(MPLUGForQuestionAnswering, config, settings)
     size = config.vision_config.image_size
     processor = MPLUGProcessor(MPLUGImageProcessor(image_size=size))
-    judge = VQAJudge(model, processor, num_beams=settings.num_beams, min_length=1, max_length=settings.answer_tokens)
+    decoding = dict(num_beams=settings.num_beams, min_length=1, max_length=settings.answer_tokens)
+    judge = VQAJudge(model, processor, **decoding)
     num_items, num_crops, per_item = settings.dpg_items, settings.dpg_crops, settings.dpg_questions
     questions = [QUESTIONS[q % len(QUESTIONS)] for q in range(per_item)]
     boxes = crop_boxes(size, num_crops)
     crops = [grid.crop(box).convert("RGB") for grid in grid_images(num_items, num_crops, size, settings.seed)
              for box in boxes]  # fmt: skip
 
-    def batched(count: int = len(crops)) -> list[str]:
+    def batched(model, count: int = len(crops)) -> list[str]:
         pairs = [(c, q) for c in range(count) for q in questions]
-        answers = judge.answer(crops[:count], [q for _, q in pairs], [c for c, _ in pairs])
+        answers = VQAJudge(model, processor, **decoding).answer(
+            crops[:count], [q for _, q in pairs], [c for c, _ in pairs]
+        )
         return [answer["answer"] for answer in answers]
 
     def one_per_call(count: int = len(crops), limit: int | None = None) -> list[str]:
@@ -68,12 +81,20 @@ def dpg_scoring(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Benchm
 
     sides = {
         PER_QUESTION: Side(run=one_per_call, warmup=lambda: one_per_call(1, 1)),
-        BATCHED: Side(run=batched, warmup=lambda: batched(1)),
+        **precision_sides(BATCHED, model, batched, settings, lambda model: batched(model, 1)),
     }
     with torch.no_grad():
         measurements = measure(sides, settings)
     reference, ours = measurements[PER_QUESTION].output, measurements[BATCHED].output
-    equal = sum(a == b for a, b in zip(reference, ours))
-    notes = [f"{len(crops) * per_item} questions; answer strings equal: {equal}/{len(reference)}"]
+
+    def equal_answers(answers: list[str], other_answers: list[str]) -> str:
+        return f"{sum(a == b for a, b in zip(answers, other_answers))}/{len(answers)}"
+
+    notes = [
+        f"{len(crops) * per_item} questions; answer strings equal: {equal_answers(ours, reference)}",
+        *precision_notes(
+            measurements, lambda answers, float32: f"answers equal to float32's: {equal_answers(answers, float32)}"
+        ),
+    ]
     title = f"DPG-Bench scoring, {num_items} items × {num_crops} crops × {per_item} questions"
     return [make_result(title, measurements, PER_QUESTION, len(crops), notes=notes)]

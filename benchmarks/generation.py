@@ -1,5 +1,6 @@
 """Benchmark 1: beam-search captioning and VQA generation with a KV cache and memory shared by the beams, against the
-same model decoding the original way (no cache, full prefix re-run every step, memory tiled per beam)."""
+same model decoding the original way (no cache, full prefix re-run every step, memory tiled per beam); `generate`
+also in bfloat16 (weights, autocast) beside its float32 run."""
 
 import torch
 
@@ -12,6 +13,8 @@ from .common import (
     build_model,
     make_result,
     measure,
+    precision_notes,
+    precision_sides,
     random_images,
     random_texts,
 )
@@ -24,8 +27,9 @@ HF_GENERATE = "generate (HF beam search), KV cache, shared memory"
 
 
 def _decoding_benchmark(title, model, model_inputs, encode, length, settings) -> BenchmarkResult:
-    """Three decoders producing exactly `length` tokens (min length = max length) from the same inputs; `encode`
-    gives the baseline its `(memory, memory_mask)` (the other two encode inside their call)."""
+    """Three decoders producing exactly `length` tokens (min length = max length) from the same inputs, and HF
+    `generate` again in each of `settings.precisions` (bfloat16); `encode` gives the baseline its
+    `(memory, memory_mask)` (the others encode inside their call)."""
     beams = settings.num_beams
 
     @torch.no_grad()
@@ -36,29 +40,36 @@ def _decoding_benchmark(title, model, model_inputs, encode, length, settings) ->
     def cached_original(tokens: int) -> torch.LongTensor:
         return model.generate_original(**model_inputs, num_beams=beams, min_length=tokens, max_length=tokens).sequences
 
-    def hf_generate(tokens: int) -> torch.LongTensor:
+    def hf_generate(model, tokens: int) -> torch.LongTensor:
         return model.generate(**model_inputs, num_beams=beams, min_new_tokens=tokens, max_new_tokens=tokens)
 
     sides = {
         name: Side(run=lambda decode=decode: decode(length), warmup=lambda decode=decode: decode(2))
-        for name, decode in (
-            (ORIGINAL_STYLE, original_style),
-            (CACHED_ORIGINAL, cached_original),
-            (HF_GENERATE, hf_generate),
-        )
+        for name, decode in ((ORIGINAL_STYLE, original_style), (CACHED_ORIGINAL, cached_original))
     }
+    sides |= precision_sides(
+        HF_GENERATE, model, lambda model: hf_generate(model, length), settings, lambda model: hf_generate(model, 2)
+    )
     measurements = measure(sides, settings)
     baseline = measurements[ORIGINAL_STYLE].output[:, 0]
     cached = measurements[CACHED_ORIGINAL].output[:, 0]
     hf = measurements[HF_GENERATE].output
     batch_size = baseline.shape[0]
     notes = [
-        f"original-style and generate_original sequences equal: {int((baseline == cached).all(dim=1).sum())}"
-        f"/{batch_size} (same beam search, so all should be)",
-        f"HF generate's best sequence equals generate_original's for {int((hf == cached).all(dim=1).sum())}"
-        f"/{batch_size} items (another beam search: length penalty and bookkeeping differ)",
+        f"original-style and generate_original sequences equal: {equal_sequences(baseline, cached)} (same beam"
+        " search, so all should be)",
+        f"HF generate's best sequence equals generate_original's for {equal_sequences(hf, cached)} items (another"
+        " beam search: length penalty and bookkeeping differ)",
+        *precision_notes(
+            measurements,
+            lambda sequences, float32: f"sequences equal to float32's: {equal_sequences(sequences, float32)}",
+        ),
     ]
     return make_result(title, measurements, ORIGINAL_STYLE, batch_size, batch_size * length, notes)
+
+
+def equal_sequences(sequences: torch.LongTensor, other_sequences: torch.LongTensor) -> str:
+    return f"{int((sequences == other_sequences).all(dim=1).sum())}/{len(sequences)}"
 
 
 def caption_generation(config: MPLUGConfig, settings: BenchmarkSettings) -> list[BenchmarkResult]:

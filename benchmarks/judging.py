@@ -1,5 +1,6 @@
 """Benchmark 6: text-to-image judging, `score_yes_no` over several questions per image in one call (`image_indices`:
-each image encoded once, its key/value projections shared by its questions) against one question per call."""
+each image encoded once, its key/value projections shared by its questions) against one question per call; the
+batched call also in bfloat16."""
 
 import torch
 
@@ -13,6 +14,8 @@ from .common import (
     build_model,
     make_result,
     measure,
+    precision_notes,
+    precision_sides,
     random_images,
     random_texts,
 )
@@ -31,7 +34,7 @@ def judging(config: MPLUGConfig, settings: BenchmarkSettings) -> list[BenchmarkR
     image_indices = torch.arange(num_images, device=settings.device).repeat_interleave(per_image)
     yes_id, no_id = default_tokenizer().convert_tokens_to_ids(["yes", "no"])
 
-    def batched(images: int = num_images) -> torch.Tensor:
+    def batched(model, images: int = num_images) -> torch.Tensor:
         questions = images * per_image
         return model.score_yes_no(
             input_ids[:questions],
@@ -60,10 +63,21 @@ def judging(config: MPLUGConfig, settings: BenchmarkSettings) -> list[BenchmarkR
 
     sides = {
         PER_QUESTION: Side(run=one_per_call, warmup=lambda: one_per_call(2)),
-        BATCHED: Side(run=batched, warmup=lambda: batched(1)),
+        **precision_sides(BATCHED, model, batched, settings, lambda model: batched(model, 1)),
     }
     measurements = measure(sides, settings)
     difference = (measurements[PER_QUESTION].output - measurements[BATCHED].output).abs().max().item()
-    notes = [f"{num_images * per_image} questions; max |Δ P(yes)| between the two: {difference:.1e}"]
+
+    def agreement(p_yes, float32_p_yes) -> str:
+        same_side = int(((p_yes > 0.5) == (float32_p_yes > 0.5)).sum())
+        return (
+            f"max |Δ P(yes)| to float32 {(p_yes - float32_p_yes).abs().max():.1e}, same side of 0.5 "
+            f"{same_side}/{len(p_yes)}"
+        )
+
+    notes = [
+        f"{num_images * per_image} questions; max |Δ P(yes)| between the two: {difference:.1e}",
+        *precision_notes(measurements, agreement),
+    ]
     title = f"judging score_yes_no, {num_images} images × {per_image} questions"
     return [make_result(title, measurements, PER_QUESTION, num_images, notes=notes)]

@@ -1,5 +1,5 @@
 """Benchmark 3: closed-vocabulary VQA, `rank_answers` (candidates share their question's memory in one decoder pass)
-against the original's tiled scoring (the memory repeated once per candidate)."""
+against the original's tiled scoring (the memory repeated once per candidate); `rank_answers` also in bfloat16."""
 
 import torch
 
@@ -12,6 +12,8 @@ from .common import (
     build_model,
     make_result,
     measure,
+    precision_notes,
+    precision_sides,
     random_images,
     random_texts,
 )
@@ -30,7 +32,7 @@ def rank_answers(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Bench
     input_ids, attention_mask = random_texts(batch_size, 5, 12, config, settings)
     candidate_ids, candidate_mask = random_texts(num_candidates, 1, 3, config, settings, with_sep=True, seed_offset=1)
 
-    def shared(count: int = num_candidates):
+    def shared(model, count: int = num_candidates):
         return model.rank_answers(
             input_ids, pixel_values, candidate_ids[:count], candidate_mask[:count], attention_mask, k=count
         )
@@ -45,17 +47,25 @@ def rank_answers(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Bench
     warmup_count = min(8, num_candidates)
     sides = {
         TILED: Side(run=tiled, warmup=lambda: tiled(warmup_count)),
-        SHARED: Side(run=shared, warmup=lambda: shared(warmup_count)),
+        **precision_sides(SHARED, model, shared, settings, lambda model: shared(model, warmup_count)),
     }
     measurements = measure(sides, settings)
-    # Compare the probability of every candidate (the order of near ties may differ).
-    probs = {}
-    for name, measurement in measurements.items():
-        ids, topk_probs = measurement.output
-        probs[name] = torch.zeros(batch_size, num_candidates, device=ids.device).scatter(1, ids, topk_probs.float())
+
+    def candidate_probabilities(output) -> torch.Tensor:
+        """Every candidate's probability in candidate order (the order of near ties may differ)."""
+        ids, topk_probs = output
+        return torch.zeros(batch_size, num_candidates, device=ids.device).scatter(1, ids, topk_probs.float())
+
+    def agreement(output, float32_output) -> str:
+        same_top = int((output[0][:, 0] == float32_output[0][:, 0]).sum())
+        difference = (candidate_probabilities(output) - candidate_probabilities(float32_output)).abs().max()
+        return f"top answer as float32's {same_top}/{batch_size}, max |Δ candidate probability| {difference:.1e}"
+
+    tiled_probs, shared_probs = (candidate_probabilities(measurements[name].output) for name in (TILED, SHARED))
     notes = [
         f"{batch_size} questions × {num_candidates} candidates; max |Δ candidate probability| between the two: "
-        f"{(probs[TILED] - probs[SHARED]).abs().max().item():.1e}"
+        f"{(tiled_probs - shared_probs).abs().max().item():.1e}",
+        *precision_notes(measurements, agreement),
     ]
     title = f"rank_answers, {num_candidates} candidates"
     return [make_result(title, measurements, TILED, batch_size, notes=notes)]

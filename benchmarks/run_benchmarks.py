@@ -3,8 +3,11 @@
     python -m benchmarks.run_benchmarks                       # everything, base size at 384 px, CPU (GPU if present)
     python -m benchmarks.run_benchmarks --quick --image-size 224 --batch-size 2 --only captioning fusion
     python -m benchmarks.run_benchmarks --dtype bfloat16 --only vision captioning   # on a GPU: MFU, tokens/s
+    python -m benchmarks.run_benchmarks --threads 1 --only vqa captioning vision --precisions   # float32 only
 
 Every benchmark times its sides in interleaved rounds after a warm-up and reports the median; see benchmarks/README.md.
+In float32 the fast path of each generation, ranking, judging and vision benchmark is also timed in bfloat16 (bf16
+weights, bf16 autocast), its speed compared with float32 in the `vs float32` column.
 """
 
 import argparse
@@ -16,7 +19,7 @@ import torch
 from mplug_hf import MPLUGConfig
 
 from .blip import blip_comparison
-from .common import BenchmarkSettings, describe_machine, format_report
+from .common import PRECISIONS, BenchmarkSettings, describe_machine, format_report
 from .dpg_bench import dpg_scoring
 from .fusion import fusion_encoder
 from .generation import caption_generation, vqa_generation
@@ -65,9 +68,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: data sheet of known GPUs)"
     )
+    parser.add_argument(
+        "--precisions",
+        nargs="*",
+        choices=list(PRECISIONS),
+        help="lower-precision variants timed beside each float32 fast path (default: all; none: pass no value)",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.precisions and args.dtype != "float32":
+        parser.error("--precisions adds variants of the float32 runs: use it with --dtype float32")
+    return args
 
 
 def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
@@ -90,6 +102,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
         dpg_questions=args.dpg_questions,
         peak_tflops=args.peak_tflops,
         seed=args.seed,
+        precisions=tuple(PRECISIONS) if args.precisions is None else tuple(args.precisions),
     )
 
 

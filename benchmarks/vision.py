@@ -1,5 +1,7 @@
-"""Benchmark 7: the visual encoder (CLIP ViT + projection to the text width) under each attention kernel, with its
-achieved FLOP/s and model FLOPs utilisation (MFU) against the device's peak."""
+"""Benchmark 7: the visual encoder (CLIP ViT + projection to the text width) under each attention kernel, sdpa also
+in bfloat16, with its achieved FLOP/s and model FLOPs utilisation (MFU) against the device's peak."""
+
+import functools
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -7,7 +9,17 @@ from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_availa
 
 from mplug_hf import MPLUGConfig, MPLUGModel
 
-from .common import BenchmarkResult, BenchmarkSettings, Side, build_model, make_result, measure, random_images
+from .common import (
+    BenchmarkResult,
+    BenchmarkSettings,
+    Side,
+    build_model,
+    make_result,
+    measure,
+    precision_notes,
+    precision_sides,
+    random_images,
+)
 
 
 # Dense peak TFLOP/s from the vendors' data sheets (tensor cores for bf16, no sparsity; plain fp32 for float32).
@@ -75,23 +87,36 @@ def vision_encoder(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Ben
     kernels = attention_kernels(settings)
 
     @torch.no_grad()
-    def encode(kernel: str) -> torch.Tensor:
+    def encode(model, kernel: str) -> torch.Tensor:
         for sub_config in (model.config, model.config.vision_config):
             sub_config._attn_implementation = kernel
         return model.get_image_features(pixel_values).last_hidden_state
 
-    flops = encoder_flops(encode, config, settings.batch_size)
-    measurements = measure({kernel: Side(run=lambda kernel=kernel: encode(kernel)) for kernel in kernels}, settings)
+    flops = encoder_flops(lambda kernel: encode(model, kernel), config, settings.batch_size)
+    sides = {}
+    for kernel in kernels:
+        run = functools.partial(encode, kernel=kernel)
+        # bfloat16 variants of the default kernel only: eager's would double the run and tell nothing new
+        sides |= (
+            precision_sides(kernel, model, run, settings)
+            if kernel == "sdpa"
+            else {kernel: Side(lambda run=run: run(model))}
+        )
+    measurements = measure(sides, settings)
     peak = peak_tflops(settings)
-    achieved = {kernel: flops / measurement.median / 1e12 for kernel, measurement in measurements.items()}
+    achieved = {name: flops / measurement.median / 1e12 for name, measurement in measurements.items()}
+
+    def agreement(features, float32_features) -> str:
+        difference = (features.float() - float32_features).abs().max()
+        return f"max |features - float32 features| {difference:.1e} (of features up to {float32_features.abs().max():.1f})"
+
     notes = [
         f"{flops / settings.batch_size / 1e9:.1f} GFLOP per image ({config.vision_config.num_hidden_layers} layers, "
         f"{config.num_image_tokens} tokens); achieved TFLOP/s: "
-        + ", ".join(f"{kernel} {value:.3g}" for kernel, value in achieved.items()),
+        + ", ".join(f"{name} {value:.3g}" for name, value in achieved.items()),
         "MFU: "
         + (
-            ", ".join(f"{kernel} {value / peak:.1%}" for kernel, value in achieved.items())
-            + f" of {peak:g} TFLOP/s peak"
+            ", ".join(f"{name} {value / peak:.1%}" for name, value in achieved.items()) + f" of {peak:g} TFLOP/s peak"
             if peak
             else "n/a (unknown peak: pass --peak-tflops)"
         ),
@@ -100,6 +125,7 @@ def vision_encoder(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Ben
             f"{kernel} {(measurements[kernel].output.float() - measurements['eager'].output.float()).abs().max():.1e}"
             for kernel in kernels[1:]
         ),
+        *precision_notes(measurements, agreement),
     ]
     title = f"vision encoder, batch {settings.batch_size}"
     return [make_result(title, measurements, "eager", settings.batch_size, notes=notes)]

@@ -1,5 +1,6 @@
-"""benchmarks/: every benchmark runs end to end on a tiny model (so the scripts cannot rot), and the original-style
-baselines they time against decode and rank exactly as the model's own methods."""
+"""benchmarks/: every benchmark runs end to end on a tiny model (so the scripts cannot rot), with the bfloat16 variants
+of its fast path, and the original-style baselines they time against decode and rank exactly as the model's own
+methods."""
 
 import io
 import re
@@ -7,7 +8,7 @@ import re
 import pytest
 import torch
 
-from benchmarks.common import BenchmarkSettings, describe_machine, format_report
+from benchmarks.common import PRECISIONS, BenchmarkSettings, describe_machine, format_report, precision_sides
 from benchmarks.original_style import tiled_rank_answers, uncached_tiled_beam_search
 from benchmarks.run_benchmarks import BENCHMARKS, parse_args, run, settings_from_args
 from mplug_hf import MPLUGForCaptioning, MPLUGForQuestionAnswering, MPLUGModel
@@ -47,15 +48,57 @@ def test_every_benchmark_runs_on_a_tiny_model():
             assert row.measurement.peak_bytes > 0
     generation_notes = [note for result in results[:2] for note in result.notes]
     assert sum("sequences equal: 2/2" in note for note in generation_notes) == 2
+    # the fast path of every generation, ranking, judging and vision benchmark, again in each bfloat16 precision
+    compared = {result.title.split(",")[0]: result for result in results if result.rows[-1].float32_speedup}
+    assert set(compared) == {
+        "captioning", "VQA generation", "rank_answers", "judging score_yes_no", "vision encoder", "DPG-Bench scoring",
+    }  # fmt: skip
+    for result in compared.values():
+        variants = [row for row in result.rows if row.float32_speedup is not None]
+        assert [row.method.split(" · ")[1] for row in variants] == list(PRECISIONS.values())
+        float32_row = next(row for row in result.rows if row.method == variants[0].method.split(" · ")[0])
+        for row in variants:
+            assert row.float32_speedup == pytest.approx(float32_row.measurement.median / row.measurement.median)
+            assert sum(note.startswith(row.method + ": ") for note in result.notes) == 1  # its agreement
     report = format_report(describe_machine(settings), "tiny", results)
     assert report.count("\n| ") == 1 + sum(len(result.rows) for result in results)
+    assert "| speed-up | vs float32 |" in report and "CPU bfloat16 instructions: " in report
 
 
 def test_command_line_settings():
     settings = settings_from_args(parse_args(["--quick", "--batch-size", "4", "--only", "fusion", "rank"]))
     assert (settings.repeats, settings.batch_size, settings.train_batch_size) == (1, 4, 4)
+    assert settings.precisions == tuple(PRECISIONS)
+    assert settings_from_args(parse_args(["--precisions"])).precisions == ()
+    assert settings_from_args(parse_args(["--precisions", "bf16-autocast"])).precisions == ("bf16-autocast",)
     with pytest.raises(SystemExit):
         parse_args(["--only", "nothing"])
+    with pytest.raises(SystemExit):
+        parse_args(["--dtype", "bfloat16", "--precisions", "bf16-weights"])
+
+
+def test_precision_sides_run_the_same_call_on_bf16_weights_and_under_autocast():
+    model = torch.nn.Linear(4, 4)
+    inputs = torch.randn(2, 4)
+
+    def run(model):
+        return next(model.parameters()).dtype, torch.is_autocast_enabled("cpu"), model(inputs.to(model.weight.dtype))
+
+    sides = precision_sides("linear", model, run, BenchmarkSettings())
+    assert list(sides) == ["linear", "linear · bfloat16 weights", "linear · bfloat16 autocast, float32 weights"]
+    outputs = {name: side.run() for name, side in sides.items()}
+    assert [output[:2] for output in outputs.values()] == [
+        (torch.float32, False), (torch.bfloat16, False), (torch.float32, True),
+    ]  # fmt: skip
+    assert [output[2].dtype for output in outputs.values()] == [torch.float32, torch.bfloat16, torch.bfloat16]
+    assert sides["linear"].float32_side is None
+    assert {side.float32_side for name, side in sides.items() if name != "linear"} == {"linear"}
+    assert next(model.parameters()).dtype == torch.float32  # the bf16 side works on a copy
+    # other dtypes (a GPU run in bfloat16) and no precisions: the side alone
+    assert list(precision_sides("linear", model, run, BenchmarkSettings(dtype=torch.bfloat16))) == ["linear"]
+    assert list(precision_sides("linear", model, run, BenchmarkSettings(precisions=()))) == ["linear"]
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        precision_sides("linear", model, run, BenchmarkSettings(precisions=("fp8",)))
 
 
 def biased_towards_eos(cls):
@@ -111,7 +154,9 @@ def test_vision_benchmark_counts_the_encoder_flops_and_reports_mfu():
     config = bench_config()
     settings = BenchmarkSettings(batch_size=2, repeats=1, peak_tflops=0.5)
     [result] = vision_encoder(config, settings)
-    assert [row.method for row in result.rows] == ["eager", "sdpa"]
+    assert [row.method for row in result.rows] == [
+        "eager", "sdpa", "sdpa · bfloat16 weights", "sdpa · bfloat16 autocast, float32 weights",
+    ]  # fmt: skip
     vision = config.vision_config
     tokens, width = config.num_image_tokens, vision.hidden_size
     per_layer = 2 * tokens * (4 * width**2 + 2 * width * vision.intermediate_size) + 4 * tokens**2 * width
@@ -140,7 +185,7 @@ def test_vision_benchmark_counts_the_encoder_flops_and_reports_mfu():
     # MFU of each kernel = counted work / its own median time / peak, to the printed precision
     for row in result.rows:
         achieved = expected / row.measurement.median / 1e12
-        printed = float(re.search(rf"{row.method} ([\d.]+)%", result.notes[1]).group(1))
+        printed = float(re.search(rf"{re.escape(row.method)} ([\d.]+)%", result.notes[1]).group(1))
         assert abs(printed - 100 * achieved / 0.5) <= 0.05 + 1e-9
 
 

@@ -445,7 +445,7 @@ def test_tifa_two_processes_equal_one_bit_for_bit(workspace, tifa_workspace, tmp
 
 
 def test_dpg_benchmark_row_runs_and_both_sides_answer_alike():
-    from benchmarks.common import BenchmarkSettings
+    from benchmarks.common import PRECISIONS, BenchmarkSettings
     from benchmarks.dpg_bench import dpg_scoring
 
     config = tiny_config(
@@ -453,8 +453,9 @@ def test_dpg_benchmark_row_runs_and_both_sides_answer_alike():
     )
     settings = BenchmarkSettings(repeats=1, num_beams=3, answer_tokens=4, dpg_items=2, dpg_crops=4, dpg_questions=3)
     (result,) = dpg_scoring(config, settings)
-    assert [row.speedup for row in result.rows][0] == 1.0 and len(result.rows) == 2
+    assert [row.speedup for row in result.rows][0] == 1.0 and len(result.rows) == 2 + len(PRECISIONS)  # + bf16 rows
     assert "answer strings equal: 24/24" in result.notes[0]
+    assert all("answers equal to float32's: " in note for note in result.notes[1:])
 
 
 if __name__ == "__main__":
