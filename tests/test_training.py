@@ -129,6 +129,33 @@ def test_run_vqa_trains_saves_and_evaluates(tmp_path, data_dir, monkeypatch):
         assert torch.equal(reloaded.mplug.vision_model.state_dict()[name], weight), name
 
 
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="checks the CPU-only default")
+def test_run_vqa_bf16_trains_with_cpu_autocast_as_the_readme_command(tmp_path, data_dir, monkeypatch):
+    """The README's `run_vqa.py ... --bf16` (no --use_cpu) on a machine without an accelerator: TrainingArguments
+    alone refuses it; the scripts default to the CPU, where --bf16 is bfloat16 autocast over float32 weights."""
+    model_dir = save_tiny_model(MPLUGForQuestionAnswering, tmp_path / "model")
+    data = write_json(tmp_path / "vqa.json", vqa_examples(data_dir))
+    output = tmp_path / "out"
+    arguments = [a for a in common_arguments(model_dir, output, data_dir, data, data) if a != "--use_cpu"]
+    training_autocast = []
+    forward = MPLUGForQuestionAnswering.forward
+
+    def recording_forward(self, *args, **kwargs):
+        if self.training:
+            training_autocast.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(MPLUGForQuestionAnswering, "forward", recording_forward)
+    run_script("run_vqa", [*arguments, "--bf16", "--max_answer_length", "3"], monkeypatch)
+    assert training_autocast == [torch.bfloat16, torch.bfloat16]  # both steps
+    recorded = json.loads((output / "mplug_run.json").read_text())["arguments"]["TrainingArguments"]
+    assert recorded["bf16"] is True and recorded["use_cpu"] is True
+    trained, base = (MPLUGForQuestionAnswering.from_pretrained(folder) for folder in (output, model_dir))
+    assert trained.dtype == torch.float32  # autocast, not bf16 weights
+    assert not torch.equal(trained.text_decoder.lm_head.dense.weight, base.text_decoder.lm_head.dense.weight)
+    assert 0 <= json.loads((output / "eval_results.json").read_text())["eval_accuracy"] <= 100
+
+
 def test_run_vqa_with_lora_saves_a_merged_model(tmp_path, data_dir, monkeypatch):
     model_dir = save_tiny_model(MPLUGForQuestionAnswering, tmp_path / "model")
     data = write_json(tmp_path / "vqa.json", vqa_examples(data_dir))

@@ -6,7 +6,8 @@ with checkpoint resumption.
 The scripts are plain `Trainer` programs, so the same command runs on one CPU, under `torchrun --nproc_per_node N`
 or `accelerate launch` (DDP), and with `--deepspeed ds_config.json` or `--fsdp "full_shard auto_wrap"`
 (`_no_split_modules` names the layers to wrap). Mixed precision (`--bf16`, `--fp16`), `--gradient_checkpointing`
-and `--resume_from_checkpoint` are `TrainingArguments` options passed through unchanged.
+and `--resume_from_checkpoint` are `TrainingArguments` options passed through unchanged; on a machine without an
+accelerator `--use_cpu` is the default, so `--bf16` trains with bfloat16 autocast on the CPU.
 """
 
 import dataclasses
@@ -29,6 +30,7 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
+from transformers.utils import is_torch_xla_available
 
 from .io_utils import atomic_write_json
 from .modeling_mplug import MPLUGVisionModel
@@ -473,6 +475,10 @@ def fine_tune(
         prepare_train_dataset: `(dataset, task_args) -> dataset`, e.g. to flatten the original annotation format.
     """
     parser = HfArgumentParser((ModelArguments, DataArguments, task_arguments, TrainingArguments, OutputArguments))
+    if not torch.accelerator.is_available() and not is_torch_xla_available():
+        # TrainingArguments refuses --bf16 without --use_cpu even where the CPU is the only device: there, train on it
+        # (--bf16 is then CPU bfloat16 autocast) as every other option already does
+        parser.set_defaults(use_cpu=True)
     model_args, data_args, task_args, training_args, output_args = parser.parse_args_into_dataclasses()
     arguments = run_arguments(model_args, data_args, task_args, training_args)
     if training_args.do_train:  # a non-empty output_dir of another run is refused before the model loads
