@@ -83,6 +83,30 @@ def _require(examples: Sequence[dict], key: str) -> list:
     return [example[key] for example in examples]
 
 
+def _draw_text(text, position: int, key: str, rng: np.random.Generator) -> str:
+    """An example's text: a string, or one drawn from its non-empty list (the references of an image)."""
+    if isinstance(text, str):
+        return text
+    if not isinstance(text, (list, tuple)) or not text:
+        raise ValueError(
+            f"example {position} of the batch: {key!r} must be a string or a non-empty list, got {text!r}"
+        )
+    return text[int(rng.integers(len(text)))]
+
+
+def _normalized_texts(texts: Sequence, key: str) -> list[str]:
+    """The original `pre_caption` of each text; a text it empties (punctuation only) is refused, not encoded as
+    nothing."""
+    normalized = []
+    for position, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"example {position} of the batch: {key!r} must be a string, got {text!r}")
+        normalized.append(normalize_caption(text))
+        if not normalized[-1]:
+            raise ValueError(f"example {position} of the batch: {key!r} {text!r} has no words once normalised")
+    return normalized
+
+
 def _has_all(examples: Sequence[dict], key: str) -> bool:
     present = [example.get(key) is not None for example in examples]
     if any(present) and not all(present):
@@ -171,6 +195,11 @@ class MPLUGVQADataCollator(MPLUGDataCollatorMixin):
         all_answers, all_weights, counts = [], [], []
         for position, example in enumerate(examples):
             answers = example[self.answer_key]
+            if not isinstance(answers, (str, int, float, list, tuple)):
+                raise ValueError(
+                    f"example {position} of the batch: {self.answer_key!r} must be an answer or a list of answers, "
+                    f"got {type(answers).__name__} (pass the weights as {self.weights_key!r})"
+                )
             answers = [answers] if isinstance(answers, (str, int, float)) else list(answers)
             answers = [_answer_text(answer, position, self.answer_key) for answer in answers]
             weights = example.get(self.weights_key)
@@ -235,13 +264,18 @@ class MPLUGCaptioningDataCollator(MPLUGDataCollatorMixin):
                 batch["input_ids"], batch["attention_mask"] = prompt["input_ids"], prompt["attention_mask"]
             return batch
         captions = [
-            caption if isinstance(caption, str) else caption[int(rng.integers(len(caption)))]
-            for caption in _require(examples, self.caption_key)
+            _draw_text(caption, position, self.caption_key, rng)
+            for position, caption in enumerate(_require(examples, self.caption_key))
         ]
         targets = self.processor.encode_targets([self.prompt + caption for caption in captions], self.max_length)
         labels = targets["labels"]
         if self.prompt.strip():
             prompt_length = 1 + len(self.processor.tokenizer(self.prompt, add_special_tokens=False)["input_ids"])
+            if self.max_length is not None and prompt_length >= self.max_length:
+                raise ValueError(
+                    f"the prompt {self.prompt!r} takes {prompt_length} of max_length={self.max_length} tokens, "
+                    "leaving none of the caption to train on"
+                )
             labels[:, :prompt_length] = -100
         batch["decoder_input_ids"] = targets["input_ids"]
         batch["decoder_attention_mask"] = targets["attention_mask"]
@@ -267,11 +301,19 @@ class MPLUGRetrievalDataCollator(MPLUGDataCollatorMixin):
         rng = self._generator() if self.augmentation is not None else None
         texts = _require(examples, self.text_key)
         if self.normalize_text:
-            texts = [normalize_caption(text) for text in texts]
+            texts = _normalized_texts(texts, self.text_key)
         batch = self.processor(images=self.load_images(examples, rng), text=texts, max_length=self.max_length)
         if _has_all(examples, self.image_id_key):
             first_index: dict = {}
-            ids = [first_index.setdefault(example[self.image_id_key], index) for index, example in enumerate(examples)]
+            try:
+                ids = [
+                    first_index.setdefault(example[self.image_id_key], index) for index, example in enumerate(examples)
+                ]
+            except TypeError:
+                raise ValueError(
+                    f"each {self.image_id_key!r} must be a hashable id (a number or a string), got "
+                    f"{[example[self.image_id_key] for example in examples][:3]}"
+                ) from None
             batch["image_ids"] = torch.tensor(ids)
         else:
             batch["image_ids"] = torch.arange(len(examples))
@@ -282,7 +324,8 @@ class MPLUGRetrievalDataCollator(MPLUGDataCollatorMixin):
 @dataclass
 class MPLUGGroundingDataCollator(MPLUGDataCollatorMixin):
     r"""
-    Visual grounding (referring expressions). Queries are encoded `[CLS] query [SEP]` (20 tokens) as the original.
+    Visual grounding (referring expressions). Queries are encoded with the processor's convention (`[CLS] query`,
+    20 tokens), as the pipeline and the evaluation runner encode them.
     Boxes (`bbox`) are pixel `xyxy`, or COCO/RefCOCO `xywh` with `box_format="xywh"`; `labels` are the normalised
     (cx, cy, w, h) on the padded square. Without augmentation the processor's grounding mode gives the centred,
     ImageNet-normalised square and `image_sizes` (for [`MPLUGForGrounding.predict_boxes`]); with a
@@ -412,9 +455,9 @@ class MPLUGPreTrainingDataCollator(MPLUGDataCollatorMixin):
     def __call__(self, examples: Sequence[dict]) -> BatchFeature:
         rng = self._generator()
         texts = _require(examples, self.text_key)
-        texts = [text if isinstance(text, str) else text[int(rng.integers(len(text)))] for text in texts]
+        texts = [_draw_text(text, position, self.text_key, rng) for position, text in enumerate(texts)]
         if self.normalize_text:
-            texts = [normalize_caption(text) for text in texts]
+            texts = _normalized_texts(texts, self.text_key)
         images = self.load_images(examples, rng if self.augmentation is not None else None)
         batch = self.processor(images=images, text=texts, max_length=self.max_length)
         batch["mlm_input_ids"], batch["mlm_labels"] = self.mask_tokens(batch["input_ids"], rng)

@@ -34,6 +34,10 @@ def _load_pipeline_image(image):
     return load_image(image)
 
 
+def _is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _validate_question(question) -> str:
     if not isinstance(question, str):
         raise ValueError(f"the question must be a string, got {type(question).__name__}")
@@ -42,20 +46,27 @@ def _validate_question(question) -> str:
     return question
 
 
-def _pair_inputs(image, question) -> tuple[list[dict], bool]:
-    """Normalise the call forms to a list of {"image", "question"} items; also says whether one item was given."""
+def _pair_inputs(
+    image, question, text_name: str = "question", texts_name: str = "questions"
+) -> tuple[list[dict], bool]:
+    """Normalise the call forms to a list of {"image", "question"} items; also says whether one item was given.
+    `text_name` / `texts_name` are what the messages call a text and several (the grounding pipeline's queries)."""
     if question is None:
         if isinstance(image, dict):
             return [image], True
         if isinstance(image, (list, tuple)) and image and all(isinstance(item, dict) for item in image):
             return list(image), False
         raise ValueError(
-            "give a question: pipe(image, question=...) or pipe({'image': ..., 'question': ...}) (or a list of those)"
+            f"give a {text_name}: pipe(image, {text_name}=...) or pipe({{'image': ..., 'question': ...}}) (or a list "
+            "of those)"
         )
     images_listed, questions_listed = isinstance(image, (list, tuple)), isinstance(question, (list, tuple))
+    for name, value, listed in (("image", image, images_listed), (text_name, question, questions_listed)):
+        if listed and not value:
+            raise ValueError(f"the {name} list is empty; give at least one")
     if images_listed and questions_listed:
         if len(image) != len(question):
-            raise ValueError(f"{len(image)} images but {len(question)} questions; pass as many of each")
+            raise ValueError(f"{len(image)} images but {len(question)} {texts_name}; pass as many of each")
         return [{"image": i, "question": q} for i, q in zip(image, question)], False
     if images_listed:
         return [{"image": i, "question": question} for i in image], False
@@ -150,7 +161,7 @@ class VisualQuestionAnsweringPipeline(Pipeline):
             generate_kwargs = {**(generate_kwargs or {}), **kwargs}
         forward_params, postprocess_params = {}, {}
         if top_k is not None:
-            if not isinstance(top_k, int) or top_k < 1:
+            if not _is_positive_int(top_k):
                 raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
             forward_params["top_k"] = top_k
             postprocess_params["top_k"] = top_k
@@ -165,6 +176,10 @@ class VisualQuestionAnsweringPipeline(Pipeline):
             forward_params["yes_no"] = True
             postprocess_params["yes_no"] = True
         if num_rescored_candidates is not None:
+            if not _is_positive_int(num_rescored_candidates):
+                raise ValueError(
+                    f"num_rescored_candidates must be a positive integer, got {num_rescored_candidates!r}"
+                )
             forward_params["num_rescored_candidates"] = num_rescored_candidates
         if generate_kwargs is not None:
             forward_params["generate_kwargs"] = dict(generate_kwargs)
@@ -179,6 +194,10 @@ class VisualQuestionAnsweringPipeline(Pipeline):
             raise ValueError("candidate_answers needs the model's processor (MPLUGProcessor) to encode the answers")
         if isinstance(candidate_answers, str) or not candidate_answers:
             raise ValueError("candidate_answers must be a non-empty list of strings")
+        # a repeated answer would split its probability between its copies
+        repeated = sorted({answer for answer in candidate_answers if list(candidate_answers).count(answer) > 1})
+        if repeated:
+            raise ValueError(f"candidate_answers repeats {repeated}; give each answer once")
         # `encode_targets` rejects empty or non-string answers with a message naming them.
         return self.processor.encode_targets(list(candidate_answers))
 
@@ -256,7 +275,9 @@ class VisualQuestionAnsweringPipeline(Pipeline):
 
     def _rank(self, model_inputs, candidates, top_k, num_rescored_candidates):
         num_candidates = candidates["input_ids"].shape[0]
-        rescored = num_rescored_candidates or min(num_candidates, DEFAULT_RESCORED_CANDIDATES)
+        rescored = num_rescored_candidates
+        if rescored is None:
+            rescored = min(num_candidates, DEFAULT_RESCORED_CANDIDATES)
         if not 1 <= rescored <= num_candidates:
             raise ValueError(f"num_rescored_candidates={rescored} must be between 1 and {num_candidates}")
         candidates = candidates.to(self.device)
@@ -326,6 +347,10 @@ class VisualGroundingPipeline(Pipeline):
             raise ValueError(f"unknown parameters for the grounding pipeline: {sorted(kwargs)}")
         preprocess_params = {}
         if max_query_length is not None:
+            if not _is_positive_int(max_query_length) or max_query_length < 2:
+                raise ValueError(
+                    f"max_query_length must be an integer >= 2 ([CLS] and the query), got {max_query_length!r}"
+                )
             preprocess_params["max_query_length"] = max_query_length
         return preprocess_params, {}, {}
 
@@ -339,7 +364,7 @@ class VisualGroundingPipeline(Pipeline):
         Returns:
             `{"box": {"xmin", "ymin", "xmax", "ymax"}}` per query (a list of them for several queries).
         """
-        items, single = _pair_inputs(image, query)
+        items, single = _pair_inputs(image, query, text_name="query", texts_name="queries")
         items = [{"image": item["image"], "query": item["question"]} for item in items]
         results = super().__call__(items, **kwargs)
         return results[0] if single else results

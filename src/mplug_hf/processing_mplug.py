@@ -127,6 +127,14 @@ class MPLUGProcessor(ProcessorMixin):
             if key in _UNSUPPORTED_TEXT_KWARGS and value not in (None, False):
                 raise ValueError(f"{key} is not supported by MPLUGProcessor: {_UNSUPPORTED_TEXT_KWARGS[key]}")
         tokenizer = self.tokenizer
+        # [CLS] plus at least one word piece: a shorter limit would cut the whole text away
+        shortest = 2 if add_special_tokens is not False else 1
+        if max_length is not None and (
+            isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < shortest
+        ):
+            raise ValueError(
+                f"max_length must be an integer >= {shortest} (the [CLS] and the text), got {max_length!r}"
+            )
         truncate = truncation not in (False, "do_not_truncate")
         limit = max_length if max_length is not None else tokenizer.model_max_length
         rows = []
@@ -237,6 +245,15 @@ class MPLUGProcessor(ProcessorMixin):
             raise ValueError(
                 "batch_decode takes a batch of id sequences (a 2-D tensor or a list of lists); decode one sequence "
                 "with decode()"
+            )
+        if not all(isinstance(token, int) and not isinstance(token, bool) for row in sequences for token in row):
+            raise ValueError("the sequences to decode must hold integer token ids")
+        # an id the tokenizer does not know would vanish from the text (a model whose vocabulary outgrew it)
+        unknown = sorted({token for row in sequences for token in row if token >= len(self.tokenizer)})
+        if unknown:
+            raise ValueError(
+                f"ids {unknown[:5]} are outside the tokenizer's vocabulary of {len(self.tokenizer)}: decode with the "
+                "tokenizer the model was trained with"
             )
         kwargs.setdefault("clean_up_tokenization_spaces", True)
         cleaned = [[token for token in row if token >= 0] for row in sequences]

@@ -16,9 +16,12 @@ Scoring with a trained mPLUG: closed-vocabulary answer ranking, yes/no probabili
 re-ranking. The heads' methods, the pipelines and the evaluation runner all call these functions.
 """
 
+import operator
+
 import torch
 
 from .loss_mplug import answer_token_nll
+from .validation import validate_text_inputs
 
 
 def answer_log_likelihoods(decoder, memory, memory_mask, answer_ids, answer_mask) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,8 +71,8 @@ def rank_answers(model, encoder_outputs, candidate_ids, candidate_attention_mask
     num_candidates = candidate_ids.shape[0] if candidate_ids is not None else 0
     if num_candidates == 0:
         raise ValueError("the candidate answer list is empty")
-    if not 1 <= k <= num_candidates:
-        raise ValueError(f"k={k} must be between 1 and the number of candidates ({num_candidates})")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_candidates:
+        raise ValueError(f"k={k!r} must be an integer between 1 and the number of candidates ({num_candidates})")
     if candidate_ids.ndim != 2 or candidate_ids.shape[1] < 2:
         raise ValueError("candidate_ids must be (num_candidates, length >= 2): [CLS] answer [SEP]")
     if candidate_attention_mask is None or candidate_attention_mask.shape != candidate_ids.shape:
@@ -77,6 +80,11 @@ def rank_answers(model, encoder_outputs, candidate_ids, candidate_attention_mask
             f"candidate_attention_mask must have the shape of candidate_ids {tuple(candidate_ids.shape)}, got "
             f"{None if candidate_attention_mask is None else tuple(candidate_attention_mask.shape)}"
         )
+    validate_text_inputs(candidate_ids, None, model.config.text_config, name="candidate_ids")
+    # a candidate is [CLS] answer ...: a row attending fewer tokens has no answer to score
+    empty = (candidate_attention_mask.sum(dim=1) < 2).nonzero().view(-1).tolist()
+    if empty:
+        raise ValueError(f"candidates {empty[:5]} attend fewer than 2 tokens ([CLS] answer): no answer to score")
     decoder = model.text_decoder
     memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
     first_probs = first_token_logits(decoder, memory, memory_mask).float().softmax(dim=-1)
@@ -100,9 +108,17 @@ def score_yes_no(model, encoder_outputs, yes_token_id: int, no_token_id: int, fu
         `(num_questions,)` probabilities of "yes".
     """
     vocab_size = model.config.text_config.vocab_size
+    token_ids = {}
     for name, token_id in (("yes_token_id", yes_token_id), ("no_token_id", no_token_id)):
-        if not isinstance(token_id, int) or not 0 <= token_id < vocab_size:
+        try:  # ints, numpy integers and 0-d integer tensors
+            token_ids[name] = None if isinstance(token_id, bool) else operator.index(token_id)
+        except TypeError:
+            token_ids[name] = None
+        if token_ids[name] is None or not 0 <= token_ids[name] < vocab_size:
             raise ValueError(f"{name} must be a token id in [0, {vocab_size}), got {token_id!r}")
+    yes_token_id, no_token_id = token_ids["yes_token_id"], token_ids["no_token_id"]
+    if yes_token_id == no_token_id:
+        raise ValueError(f"yes_token_id and no_token_id are the same id ({yes_token_id}): P(yes) would be 0.5")
     decoder = model.text_decoder
     memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
     if not full_sequence:
@@ -134,6 +150,7 @@ def choose(model, encoder_outputs, choice_ids, choice_attention_mask, length_nor
         )
     if choice_attention_mask is None or choice_attention_mask.shape != choice_ids.shape:
         raise ValueError(f"choice_attention_mask must have the shape of choice_ids {tuple(choice_ids.shape)}")
+    validate_text_inputs(choice_ids.flatten(0, 1), None, model.config.text_config, name="choice_ids")
     present = choice_attention_mask.sum(dim=-1) > 0
     if not bool(present.any(dim=1).all()):
         raise ValueError("every question needs at least one non-empty option")
@@ -164,10 +181,9 @@ def rerank_with_itm(
     Returns:
         `(scores_i2t (num_images, num_texts), scores_t2i (num_texts, num_images))`.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for name, value in (("k", k), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
     def match_logits(images, texts, mask):
         fused = model.mplug(image_states=images, text_states=texts, attention_mask=mask, return_dict=True)
