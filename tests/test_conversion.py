@@ -448,3 +448,34 @@ def test_cli_refuses_an_existing_folder_and_moves_a_folder_into_place_only_when_
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert "notes.txt" not in names and {"model.safetensors", "conversion_report.json"} <= names
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_bad_settings_are_named_before_anything_is_written(ref, tmp_path):
+    """Resolutions, BERT configs, task YAMLs and --verify references that cannot work fail with the converter's
+    message (no RuntimeError from the position-embedding resize, no JSON/YAML/config tracebacks) and write nothing."""
+    reference_dir, _, _ = ref
+    checkpoint = str(reference_dir / "checkpoints" / "mplug_caption.pth")
+    bert = str(reference_dir / "config" / "config_bert.json")
+    for size in (0, 33, -16):
+        with pytest.raises(CheckpointConversionError, match=rf"image_size {size} must be a positive multiple of .* 8"):
+            convert_checkpoint(checkpoint, "caption", bert, image_size=size)
+    (tmp_path / "notes.json").write_text("\n\nnot json")
+    with pytest.raises(CheckpointConversionError, match=r"notes.json:3: not JSON"):
+        convert_checkpoint(checkpoint, "caption", str(tmp_path / "notes.json"))
+    with pytest.raises(CheckpointConversionError, match="cannot read the BERT config .*missing.json"):
+        convert_checkpoint(checkpoint, "caption", str(tmp_path / "missing.json"))
+    (tmp_path / "heads.json").write_text(json.dumps({**json.loads(open(bert).read()), "num_attention_heads": 5}))
+    with pytest.raises(CheckpointConversionError, match="(?s)give no valid mPLUG config: .*num_attention_heads 5"):
+        convert_checkpoint(checkpoint, "caption", str(tmp_path / "heads.json"))
+    (tmp_path / "task.yaml").write_text("image_res: [1")
+    with pytest.raises(CheckpointConversionError, match="cannot read the task YAML .*task.yaml"):
+        convert_checkpoint(checkpoint, "caption", bert, task_config=str(tmp_path / "task.yaml"))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit):  # argparse: --verify-atol must be >= 0
+        main([checkpoint, str(out), "--task", "caption", "--config-bert", bert, "--image-size", "16",
+              "--verify", bert, "--verify-atol", "-1"])  # fmt: skip
+    (tmp_path / "reference.safetensors").write_text("not safetensors")
+    with pytest.raises(SystemExit, match="verification failed: .*reference.safetensors.*nothing was written"):
+        main([checkpoint, str(out), "--task", "caption", "--config-bert", bert,
+              "--verify", str(tmp_path / "reference.safetensors")])  # fmt: skip
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

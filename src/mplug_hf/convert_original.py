@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from .configuration_mplug import MPLUGConfig, MPLUGTextConfig, MPLUGVisionConfig
 from .io_utils import atomic_directory, atomic_write_json
@@ -111,6 +112,15 @@ def infer_config(
     stored_grid = state_dict["visual_encoder.visual.positional_embedding"].shape[0] - 1
     if image_size is None:
         image_size = int(round(stored_grid**0.5)) * patch_size
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, int)
+        or image_size < patch_size
+        or image_size % patch_size
+    ):
+        raise CheckpointConversionError(
+            f"image_size {image_size!r} must be a positive multiple of the checkpoint's patch size {patch_size}"
+        )
     vision = MPLUGVisionConfig(
         hidden_size=vision_width,
         intermediate_size=state_dict["visual_encoder.visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
@@ -410,8 +420,11 @@ def read_task_config(path: str) -> dict:
     """The original task YAML (AliceMind `configs/*.yaml`, ModelScope `config.yaml`)."""
     import yaml
 
-    with open(path) as handle:
-        data = yaml.safe_load(handle)
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError) as error:
+        raise CheckpointConversionError(f"cannot read the task YAML {path}: {error}") from error
     if not isinstance(data, dict):
         raise CheckpointConversionError(f"{path} is not a YAML mapping")
     return data
@@ -430,8 +443,18 @@ def find_setting(config: dict, name: str):
 def read_bert_config(path: str | None) -> dict | None:
     if path is None:
         return None
-    with open(path) as handle:
-        return json.load(handle)
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+    except OSError as error:
+        raise CheckpointConversionError(f"cannot read the BERT config {path}: {error}") from error
+    except json.JSONDecodeError as error:
+        raise CheckpointConversionError(
+            f"{path}:{error.lineno}: not JSON ({error.msg}); --config-bert takes the original config_bert.json"
+        ) from error
+    if not isinstance(data, dict):
+        raise CheckpointConversionError(f"{path} is not a JSON object of BERT settings")
+    return data
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -648,7 +671,14 @@ def convert_checkpoint(
         )
     model_class = task_model_class(task)
     check_finite(state_dict, f"in {checkpoint_path}", allow_nonfinite)
-    config = infer_config(state_dict, bert_config, image_size)
+    try:
+        config = infer_config(state_dict, bert_config, image_size)
+    except CheckpointConversionError:
+        raise
+    except (StrictDataclassError, ValueError) as error:  # settings of the BERT config / task YAML no mPLUG has
+        raise CheckpointConversionError(
+            f"the checkpoint and its settings give no valid mPLUG config: {error}"
+        ) from error
     prefixes = dict(TASK_PREFIXES[task])
     if task == "pretrain":
         # The pretraining MLM head, when the file has one, becomes ours (its vocabulary matrix is tied).
@@ -849,6 +879,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"output_dir {args.output_dir} exists and is not empty; pass --overwrite to replace it")
     if args.verify and not os.path.isfile(args.verify):
         parser.error(f"--verify: no file {args.verify}")
+    if not args.verify_atol >= 0:  # NaN too
+        parser.error(f"--verify-atol must be >= 0, got {args.verify_atol}")
     try:
         model, report = convert_checkpoint(
             args.checkpoint,
@@ -866,11 +898,17 @@ def main(argv: list[str] | None = None) -> None:
     with atomic_directory(output_dir, overwrite=args.overwrite) as staging:
         save_converted(model, report, str(staging), folder_vocab if os.path.isfile(folder_vocab) else None)
         if args.verify:
+            from safetensors import SafetensorError
             from safetensors.torch import load_file
 
             # the written files are what later loads: verify them, not only the model in memory
             written = type(model).from_pretrained(str(staging), dtype=next(model.parameters()).dtype).eval()
-            rows = verify_converted(written, load_file(args.verify), args.verify_atol, 10 * args.verify_atol)
+            try:
+                rows = verify_converted(written, load_file(args.verify), args.verify_atol, 10 * args.verify_atol)
+            except (CheckpointConversionError, SafetensorError) as error:
+                raise SystemExit(
+                    f"verification failed: {args.verify}: {error}; nothing was written to {args.output_dir}"
+                ) from error
             for row in rows:
                 status = "ok" if row["ok"] else "MISMATCH"
                 print(
