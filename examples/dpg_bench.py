@@ -21,25 +21,23 @@ the dependency rule); the default fixes them (see README). Killed runs resume wh
 
 import argparse
 
-from mplug_hf.t2i_benchmarks import add_run_arguments, dpg_bench, run_benchmark_script
+from mplug_hf.t2i_benchmarks import add_run_arguments, dpg_bench, positive_int, run_benchmark_script
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="converted MPLUGForQuestionAnswering folder")
     parser.add_argument("--image-root-path", required=True, help="folder of <item_id>.<ext> grid images")
-    parser.add_argument("--resolution", type=int, help="side of one generated image in the grid")
+    parser.add_argument("--resolution", type=positive_int, help="side of one generated image in the grid")
     parser.add_argument("--csv", default="./dpg_bench/dpg_bench.csv")
     parser.add_argument("--res-path", help="results file (default: <image-root-path>/dpg-bench_results.txt)")
     parser.add_argument("--pic-num", type=int, default=1, choices=[1, 2, 3, 4], help="crops used per grid")
     parser.add_argument("--vqa-model", default="mplug", choices=["mplug"], help="accepted for compatibility")
     parser.add_argument("--official", action="store_true", help="reproduce the official script's numbers exactly")
     parser.add_argument("--score", choices=["string", "p_yes"], default="string")
-    parser.add_argument("--batch-images", type=int, default=1, help="grids per batch (raise it on big GPUs)")
+    parser.add_argument("--batch-images", type=positive_int, default=1, help="grids per batch (raise it on big GPUs)")
     add_run_arguments(parser)
     args = parser.parse_args(argv)
-    if args.batch_images < 1:
-        parser.error("--batch-images must be >= 1")
     if args.official and args.resolution is None:
         parser.error("--official needs --resolution (the official script cannot crop without it)")
     return args

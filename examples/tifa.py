@@ -19,7 +19,7 @@ plus `failed_images` (an unreadable image's questions score 0, listed, never dro
 
 import argparse
 
-from mplug_hf.t2i_benchmarks import add_run_arguments, run_benchmark_script, tifa
+from mplug_hf.t2i_benchmarks import add_run_arguments, positive_int, run_benchmark_script, tifa
 
 
 def parse_args(argv=None):
@@ -29,11 +29,9 @@ def parse_args(argv=None):
     parser.add_argument("--id2img-path", required=True, help="JSON map caption id -> image path")
     parser.add_argument("--output", required=True, help="result JSON")
     parser.add_argument("--sbert", help="sentence-transformers model folder: TIFA's free-form + embedding rule")
-    parser.add_argument("--batch-images", type=int, default=4, help="images per batch (all their questions)")
+    parser.add_argument("--batch-images", type=positive_int, default=4, help="images per batch (all their questions)")
     add_run_arguments(parser)
     args = parser.parse_args(argv)
-    if args.batch_images < 1:
-        parser.error("--batch-images must be >= 1")
     return args
 
 

@@ -464,3 +464,22 @@ if __name__ == "__main__":
     folder.mkdir(parents=True, exist_ok=False)
     build_tifa_workspace(build_workspace(folder))
     print(f"synthetic DPG-Bench and TIFA inputs and a tiny judge in {folder}")
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--resolution", "0"), ("--resolution", "-64"), ("--batch-images", "0"), ("--threads", "0"),
+     ("--threads", "-2"), ("--max-batches", "0"), ("--resolution", "big")],
+)  # fmt: skip
+def test_counts_and_sizes_below_one_are_refused_by_the_parser(option, value, capsys):
+    """`--resolution 0` cropped empty images (every grid then scored 0 as broken), `--threads 0` was ignored and
+    `--threads -2` failed inside torch: the parser names the option instead."""
+    required = ["--model", "m", "--image-root-path", "i"]
+    with pytest.raises(SystemExit):
+        load_script("dpg_bench").parse_args([*required, option, value])
+    assert f"argument {option}: expected an integer >= 1" in capsys.readouterr().err
+    if option != "--resolution":
+        with pytest.raises(SystemExit):
+            load_script("tifa").parse_args(["--model", "m", "--question-answer-path", "q", "--id2img-path", "i",
+                                            "--output", "o", option, value])  # fmt: skip
+        assert f"argument {option}: expected an integer >= 1" in capsys.readouterr().err

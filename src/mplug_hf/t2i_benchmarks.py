@@ -17,6 +17,7 @@ shared by the processes (as the official scripts' result files are).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
@@ -789,17 +790,30 @@ def tifa(args, accelerator, load_judge: Callable[[], VQAJudge]) -> dict | None:
     return result
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts and sizes: an integer >= 1 (0 would run nothing, crop nothing or mean "unset")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def add_run_arguments(parser) -> None:
     """The options DPG-Bench and TIFA runs share: the judge's dtype, the device and threads, partial runs."""
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even where a GPU is available")
-    parser.add_argument("--threads", type=int, help="torch CPU threads per process")
-    parser.add_argument("--max-batches", type=int, help="stop after this many batches per process (resume later)")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads per process")
+    parser.add_argument(
+        "--max-batches", type=positive_int, help="stop after this many batches per process (resume later)"
+    )
 
 
 def run_benchmark_script(args, benchmark: Callable) -> dict | None:
     """Set the threads, build the accelerator and run `benchmark` (`dpg_bench` or `tifa`) with a lazily loaded judge."""
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     accelerator = make_accelerator(args.cpu)
     return benchmark(args, accelerator, lambda: load_vqa_judge(args.model, accelerator.device, args.dtype))
@@ -838,6 +852,7 @@ __all__ = [
     "dpg_bench",
     "load_vqa_judge",
     "make_accelerator",
+    "positive_int",
     "read_dpg_csv",
     "read_tifa",
     "run_batches",
