@@ -7,8 +7,17 @@ import contextlib
 
 import pytest
 import torch
+from PIL import Image
 
-from mplug_hf import MPLUGForCaptioning, MPLUGForGrounding, MPLUGForQuestionAnswering, MPLUGForRetrieval
+from mplug_hf import (
+    MPLUGForCaptioning,
+    MPLUGForGrounding,
+    MPLUGForQuestionAnswering,
+    MPLUGForRetrieval,
+    MPLUGImageProcessor,
+    MPLUGProcessor,
+)
+from mplug_hf.evaluation.runner import EvaluationRunner, retrieval_scores
 from tests.conftest import tiny_config
 
 
@@ -116,6 +125,24 @@ def test_retrieval_ranks_agree_with_float32(mode):
         top2 = fp32.topk(2, dim=1).values
         clear = (top2[:, 0] - top2[:, 1]) > 2 * (ours - fp32).abs().max()
         assert torch.equal(ours.argmax(dim=1)[clear], fp32.argmax(dim=1)[clear])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_evaluation_retrieval_similarities_are_float32_products(mode):
+    """The evaluation runner's ITC similarities (which pick the ITM candidates) are float32 products of the
+    model's features, not bfloat16 ones, whose 8 mantissa bits tie similar texts."""
+    model = build(MPLUGForRetrieval, mode, text_config=dict(vocab_size=30522, hidden_size=32, num_attention_heads=4))
+    processor = MPLUGProcessor(MPLUGImageProcessor(image_size=32))
+    images = [Image.new("RGB", (40, 32), colour) for colour in ("red", "blue", "green")]
+    texts = ["a red square", "a blue square", "a green square", "a picture"]
+    with torch.no_grad(), precision(mode):
+        scores = retrieval_scores(EvaluationRunner(model, processor, batch_size=2), images, texts, k=2)
+        image_features = model.get_image_features(processor(images=images)["pixel_values"]).pooler_output
+        encoded = processor.encode_text(texts, max_length=30, padding="max_length")
+        text_features = model.get_text_features(encoded["input_ids"], encoded["attention_mask"]).pooler_output
+    assert image_features.dtype == torch.bfloat16
+    expected = image_features.float() @ text_features.float().t()
+    torch.testing.assert_close(torch.from_numpy(scores["itc_i2t"]), expected, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -395,7 +395,7 @@ def answer_questions(
                 output = model.generate_original(
                     **inputs, num_beams=num_beams, min_length=min_length, max_length=max_length
                 )
-                answers = processor.batch_decode(output.sequences[:, 0])
+                answers = processor.batch_decode(output.sequences[:, 0], skip_special_tokens=True)
             results.extend(
                 {"question_id": question_id, "answer": answer}
                 for question_id, answer in zip(batch["question_id"], answers)
@@ -485,7 +485,10 @@ def caption_visuals(
     prompt_ids, prefixes = None, []
     if prompt:
         prompt_ids = prompt_token_ids(processor, prompt, drop_last_prompt_token).to(runner.device)
-        prefixes = [processor.decode(prompt_token_ids(processor, prompt)[0]), processor.decode(prompt_ids[0])]
+        prefixes = [
+            processor.decode(prompt_token_ids(processor, prompt)[0], skip_special_tokens=True),
+            processor.decode(prompt_ids[0], skip_special_tokens=True),
+        ]
 
     def collate(items: list) -> dict:
         return runner.pixel_values(items)
@@ -498,7 +501,10 @@ def caption_visuals(
             output = model.generate_original(
                 pixel_values, prompts, num_beams=num_beams, min_length=min_length, max_length=max_length
             )
-            captions.extend(_strip_prefix(text, prefixes) for text in processor.batch_decode(output.sequences[:, 0]))
+            captions.extend(
+                _strip_prefix(text, prefixes)
+                for text in processor.batch_decode(output.sequences[:, 0], skip_special_tokens=True)
+            )
     return captions
 
 
@@ -522,7 +528,8 @@ def retrieval_scores(
     similarity (normalised projections, no temperature; a video's is the mean over its frames) picks the top `k`
     candidates of each query, which are re-scored by the ITM match logit of the fusion over the image (or the
     concatenated frame) tokens; the others get -100. The original video retrieval scores ITM + ITC
-    (`add_itc_to_itm=True`). Same scores as `MPLUGForRetrieval.retrieve`, computed in batches with progress bars.
+    (`add_itc_to_itm=True`). Same scores as `MPLUGForRetrieval.retrieve`, computed in batches with progress bars;
+    the similarities in float32 also for a bfloat16 model.
 
     Returns:
         `{"scores_i2t": (num_visuals, num_texts), "scores_t2i": (num_texts, num_visuals), "itc_i2t": (num_visuals,
@@ -545,10 +552,12 @@ def retrieval_scores(
             model.get_text_features(batch["input_ids"], batch["attention_mask"]) for batch in encoded_texts
         ]
         attention_mask = torch.cat([batch["attention_mask"] for batch in encoded_texts])
-        itc = (
-            torch.cat([f.pooler_output for f in image_features])
-            @ torch.cat([f.pooler_output for f in text_features]).t()
-        )
+        image_embeddings = torch.cat([f.pooler_output for f in image_features]).float()
+        text_embeddings = torch.cat([f.pooler_output for f in text_features]).float()
+        # in float32 also under autocast: bfloat16 keeps 8 mantissa bits, and the similarities of normalised
+        # features, all below 1, then tie often, which changes the ITC top k
+        with torch.autocast(image_embeddings.device.type, enabled=False):
+            itc = image_embeddings @ text_embeddings.t()
         scores_i2t, scores_t2i = rerank_with_itm(
             model,
             itc,
