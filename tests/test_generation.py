@@ -224,3 +224,140 @@ def test_flex_attention_equals_eager(tmp_path, inputs):
         )
         settings = dict(num_beams=2, max_new_tokens=4)
         assert flex.generate(**inputs, **settings).tolist() == eager.generate(**inputs, **settings).tolist()
+
+
+def one_head_vqa_model(attn_implementation: str, stride_layer: int = 2) -> MPLUGForQuestionAnswering:
+    """One text head and 65 image tokens: folding the decoder memory into short answers pays off."""
+    torch.manual_seed(0)
+    config = tiny_config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=64, patch_size=8),
+        text_config=dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_attention_heads=1,
+                         max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+        stride_layer=stride_layer, initializer_range=0.2,
+    )  # fmt: skip
+    config.text_config.initializer_range = config.vision_config.initializer_range = 0.2
+    config._attn_implementation = attn_implementation
+    return MPLUGForQuestionAnswering(config).eval()
+
+
+def raise_eos_until_items_finish_apart(model, memory, memory_mask, settings) -> None:
+    """Raise the [SEP] logit in steps until the items' best hypotheses have different lengths (whatever the random
+    initialisation), so that items finish at different steps."""
+    from mplug_hf.original_generation import original_beam_search
+
+    for _ in range(40):
+        lengths = original_beam_search(model.text_decoder, memory, memory_mask, **settings).lengths[:, 0]
+        if lengths.min() < lengths.max():
+            return
+        with torch.no_grad():
+            model.text_decoder.lm_head.decoder.bias[model.config.eos_token_id] += 0.25
+    raise AssertionError("no [SEP] bias makes the items finish at different steps")
+
+
+def vqa_memory(model, image_indices):
+    generator = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(3, 3, 64, 64, generator=generator)
+    input_ids = torch.tensor([[101, 7, 8, 9, 10], [101, 11, 12, 0, 0], [101, 13, 0, 0, 0]] * 2)
+    with torch.no_grad():
+        return model.mplug(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=(input_ids != 0).long(),
+            image_indices=torch.tensor(image_indices),
+        )
+
+
+def test_original_beam_search_folds_short_answers_and_finds_the_original_hypotheses():
+    """The fused path folds the memory projections into a short generation (4 tokens × 3 beams over 70 memory tokens)
+    and projects once for a long one; both find the hypotheses of the original loop (no cache, tiled memory) on eager
+    attention. The first step runs one row per item."""
+    from benchmarks.original_style import uncached_tiled_beam_search
+    from mplug_hf.fused_attention import FoldedMemoryCache
+    from mplug_hf.original_generation import original_beam_search
+
+    model = one_head_vqa_model("mplug_fused")
+    encoded = vqa_memory(model, [0, 1, 2, 2, 1, 0])
+    memory, memory_mask = encoded.last_hidden_state, encoded.encoder_attention_mask
+    short = dict(num_beams=3, min_length=1, max_length=4, num_return_sequences=2)
+    raise_eos_until_items_finish_apart(model, memory, memory_mask, short)
+    decoder_batches, caches = [], []
+    model.text_decoder.register_forward_hook(lambda module, args, output: decoder_batches.append(args[0].shape[0]))
+    original_cache = fused_attention.FusedCrossAttentionShortcuts.generation_cache
+    for settings, folds in (
+        (short, True),
+        (dict(num_beams=5, min_length=2, max_length=16, num_return_sequences=3), False),
+    ):
+        decoder_batches.clear()
+        with patch.object(
+            fused_attention.FusedCrossAttentionShortcuts,
+            "generation_cache",
+            lambda self, *args: caches.append(original_cache(self, *args)) or caches[-1],
+        ):
+            fused = original_beam_search(model.text_decoder, memory, memory_mask, **settings)
+        assert isinstance(caches[-1], FoldedMemoryCache) is folds
+        assert decoder_batches[:2] == [6, 6 * settings["num_beams"]]
+        model.set_attn_implementation("eager")
+        eager = original_beam_search(model.text_decoder, memory, memory_mask, **settings)
+        reference = uncached_tiled_beam_search(model, memory, memory_mask, **settings)
+        model.set_attn_implementation("mplug_fused")
+        assert fused.sequences.tolist() == eager.sequences.tolist() == reference.tolist()
+        torch.testing.assert_close(fused.scores, eager.scores, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fused.first_token_logits, eager.first_token_logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa", "mplug_fused"])
+def test_beam_search_over_memory_rows_shared_by_several_items_equals_own_memories(attn_implementation):
+    """With a fusion that keeps the image tokens, the questions about one image share one memory row [V; T_1; T_2]
+    with per-question masks (`image_shared_memories`): the same hypotheses and first-token logits as each question
+    with its own memory [V; T_j]."""
+    from mplug_hf.original_generation import original_beam_search
+    from mplug_hf.scoring import first_token_logits, image_shared_memories
+
+    model = one_head_vqa_model(attn_implementation, stride_layer=4)  # 4 fusion layers, none connected
+    image_indices = [0, 1, 2, 2, 1, 0]
+    encoded = vqa_memory(model, image_indices)
+    settings = dict(num_beams=3, min_length=1, max_length=6, num_return_sequences=2)
+    own = original_beam_search(
+        model.text_decoder, encoded.last_hidden_state, encoded.encoder_attention_mask, **settings
+    )
+    ((positions, memory, memory_mask),) = image_shared_memories(encoded, image_indices)
+    assert positions.tolist() == [0, 5, 1, 4, 2, 3] and memory_mask.shape == (3, 2, memory.shape[1])
+    shared = original_beam_search(model.text_decoder, memory, memory_mask, **settings)
+    assert shared.sequences.tolist() == own.sequences[positions].tolist()
+    torch.testing.assert_close(shared.scores, own.scores[positions], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        logits = first_token_logits(model.text_decoder, memory, memory_mask)
+    torch.testing.assert_close(logits, own.first_token_logits[positions], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.first_token_logits, logits, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_path_attends_texts_grouped_by_image_without_gathering_image_keys(inputs):
+    """Texts that come image by image, equally many per image, attend to each image's projected keys/values as one
+    group (no copy per text); padded questions included, the output equals eager attention over tiled images."""
+    torch.manual_seed(0)
+    config = tiny_config()
+    config._attn_implementation = "mplug_fused"
+    model = MPLUGForQuestionAnswering(config).eval()
+    image_indices = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    assert fused_attention.texts_grouped_by_image(image_indices, 2)
+    assert not fused_attention.texts_grouped_by_image(torch.tensor([0, 1, 0, 1]), 2)
+    assert not fused_attention.texts_grouped_by_image(torch.tensor([0, 0, 1]), 2)
+    input_ids = torch.tensor([[101, 7, 8], [101, 9, 0], [101, 10, 11], [101, 12, 13]] * 2)
+    mask = (input_ids != 0).long()
+    key_batches = []
+    original_projection = fused_attention.project_run_keys_values
+
+    def recording_projection(attentions, states, indices):
+        overrides = original_projection(attentions, states, indices)
+        key_batches.extend(override.keywords["key"].shape[0] for override in overrides)
+        return overrides
+
+    with torch.no_grad(), patch.object(fused_attention, "project_run_keys_values", recording_projection):
+        images = model.mplug.get_image_features(inputs["pixel_values"]).last_hidden_state
+        texts = model.mplug.get_text_features(input_ids, mask).last_hidden_state
+        shared = model.mplug(image_states=images, text_states=texts, attention_mask=mask, image_indices=image_indices)
+        model.set_attn_implementation("eager")
+        tiled = model.mplug(image_states=images.index_select(0, image_indices), text_states=texts, attention_mask=mask)
+    assert key_batches == [2, 2]  # the first co-attention run: one key/value row per image, not per question
+    torch.testing.assert_close(shared.last_hidden_state, tiled.last_hidden_state, atol=1e-5, rtol=1e-5)

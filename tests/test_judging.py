@@ -1,9 +1,11 @@
 """Batched VQA judging (P(yes), multiple choice): equal to brute-force per-question decoding, each image encoded once."""
 
+from unittest.mock import patch
+
 import pytest
 import torch
 
-from mplug_hf import MPLUGForQuestionAnswering
+from mplug_hf import MPLUGForQuestionAnswering, fused_attention
 from tests.conftest import tiny_config
 
 
@@ -109,3 +111,89 @@ def test_judging_rejects_bad_indices(model, questions):
             choice_ids=torch.zeros(5, 2, 3, dtype=torch.long),
             choice_attention_mask=torch.zeros(5, 2, 3, dtype=torch.long),
         )
+
+
+def varied_judge(stride_layer: int, images, questions, image_indices):
+    """A tiny [`VQAJudge`] with six fusion layers (S=3: one connected layer, as mPLUG-base; S=6: none, as mPLUG-large,
+    the DPG-Bench/TIFA judge) and BERT's vocabulary. Larger random weights, raised "yes", "no" and [SEP] logits, and
+    P(yes) centred on these questions (half above 1/2) make the answers vary with image and question whatever the
+    random initialisation."""
+    from mplug_hf import MPLUGImageProcessor, MPLUGProcessor
+    from mplug_hf.t2i_benchmarks import VQAJudge
+
+    torch.manual_seed(0)
+    config = tiny_config(
+        # one text head and 65 image tokens: folding the memory projections into 10 tokens × 5 beams pays off
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=64, patch_size=8),
+        text_config=dict(vocab_size=30522, hidden_size=32, intermediate_size=64, num_attention_heads=1),
+        fusion_layers=6, stride_layer=stride_layer, initializer_range=0.2,
+    )  # fmt: skip
+    config.text_config.initializer_range = config.vision_config.initializer_range = 0.2
+    judge = VQAJudge(MPLUGForQuestionAnswering(config).eval(), MPLUGProcessor(MPLUGImageProcessor(image_size=64)))
+    bias = judge.model.text_decoder.lm_head.decoder.bias
+    with torch.no_grad():
+        bias[[judge.yes_id, judge.no_id]] += 12.0
+        bias[config.eos_token_id] += 13.5
+        gaps = torch.tensor([r["p_yes"] for r in judge.answer(images, questions, image_indices, rule="p_yes")]).logit()
+        middle = len(gaps) // 2
+        bias[judge.no_id] += gaps.sort().values[middle - 1 : middle + 1].mean()  # between the two middle questions
+    return judge
+
+
+@pytest.mark.parametrize("stride_layer", [3, 6])
+def test_vqa_judge_answers_equal_one_pipeline_call_per_question(stride_layer):
+    """The batched judge on the fused path (each image encoded once; S=6: one decoder memory row per image shared by
+    its questions; S=3: each question's own memory attended with folded projections) gives the answer strings of one
+    ModelScope-style call per (image, question) on sdpa, and the same P(yes) by both of its rules."""
+    import numpy as np
+    from PIL import Image
+
+    from mplug_hf.fused_attention import FoldedMemoryCache
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(4)]
+    words = ["dog", "cat", "red ball", "tree", "boat", "two birds", "lamp", "sky"]
+    # uneven questions per image (4, 4, 2, 1): S=6 decodes three groups of images with equally many questions
+    image_indices = [0, 1, 0, 1, 2, 0, 1, 2, 3, 0, 1]
+    questions = [f"Is there a {words[(3 * q + i) % len(words)]}?" for q, i in enumerate(image_indices)]
+    judge = varied_judge(stride_layer, images, questions, image_indices)
+    model, processor = judge.model, judge.processor
+    model.set_attn_implementation("mplug_fused")
+    caches = []
+    original_cache = fused_attention.FusedCrossAttentionShortcuts.generation_cache
+    with patch.object(
+        fused_attention.FusedCrossAttentionShortcuts,
+        "generation_cache",
+        lambda self, *args: caches.append(original_cache(self, *args)) or caches[-1],
+    ):
+        batched = judge.answer(images, questions, image_indices)
+    fast = judge.answer(images, questions, image_indices, rule="p_yes")
+    with torch.no_grad():
+        groups = judge.decoder_memories(
+            judge.encode(judge.pixel_values(images), questions, image_indices), image_indices
+        )
+    if stride_layer == 6:
+        assert sorted(mask.shape[:2] for _, _, mask in groups) == [(1, 1), (1, 2), (2, 4)]
+        # rows shared by several questions are projected once for all of them; only the one-question image may fold
+        assert [isinstance(cache, FoldedMemoryCache) for cache in caches] == [True]
+    else:
+        assert [mask.ndim for _, _, mask in groups] == [2]
+        assert all(isinstance(cache, FoldedMemoryCache) for cache in caches)  # 10 tokens × 5 beams fold
+    model.set_attn_implementation("sdpa")
+    for image, question, result, quick in zip(image_indices, questions, batched, fast):
+        input_ids, attention_mask = judge.encode_questions([question])
+        output = model.generate_original(input_ids, judge.pixel_values([images[image]]), attention_mask)
+        expected = processor.tokenizer.decode(
+            output.sequences[0, 0, : int(output.lengths[0, 0])].tolist(),
+            skip_special_tokens=True,
+            clean_up_tokenization_spaces=True,
+        )
+        assert result["answer"] == expected
+        assert abs(quick["p_yes"] - result["p_yes"]) < 1e-5
+        p_yes = model.score_yes_no(
+            input_ids, judge.pixel_values([images[image]]), judge.yes_id, judge.no_id, attention_mask
+        )
+        assert abs(result["p_yes"] - p_yes.item()) < 1e-5
+    answers = [result["answer"] for result in batched]
+    assert "yes" in answers and len(set(answers)) > 1, "the tiny judge must give varied answers for a meaningful test"

@@ -19,6 +19,8 @@ import torch
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.utils import ModelOutput
 
+from .fused_attention import cross_attention_shortcuts
+
 
 @dataclass
 class MPLUGBeamSearchOutput(ModelOutput):
@@ -31,11 +33,14 @@ class MPLUGBeamSearchOutput(ModelOutput):
         scores (`torch.FloatTensor` of shape `(batch_size, num_return_sequences)`): cumulative log-probability /
             ((5 + generated) / 6) ** 0.6, as the original stores it.
         lengths (`torch.LongTensor` of shape `(batch_size, num_return_sequences)`): lengths of `sequences`.
+        first_token_logits (`torch.FloatTensor` of shape `(batch_size, vocab_size)`): the logits of the first
+            generated token (the same for every beam: they all start from the prompt), e.g. for P(yes).
     """
 
     sequences: torch.LongTensor | None = None
     scores: torch.FloatTensor | None = None
     lengths: torch.LongTensor | None = None
+    first_token_logits: torch.FloatTensor | None = None
 
 
 def reorder_shared_memory_cache(cache: EncoderDecoderCache, beam_idx: torch.LongTensor) -> EncoderDecoderCache:
@@ -46,6 +51,26 @@ def reorder_shared_memory_cache(cache: EncoderDecoderCache, beam_idx: torch.Long
     if cross_cache.get_seq_length() > 0 and cross_cache.layers[0].keys.shape[0] == beam_idx.shape[0]:
         cross_cache.reorder_cache(beam_idx)
     return cache
+
+
+def items_per_memory_row(memory_mask: torch.Tensor | None) -> int:
+    """How many items share each memory row: 1 for a padding mask, `items_per_row` for a per-item mask."""
+    return memory_mask.shape[1] if memory_mask is not None and memory_mask.ndim == 3 else 1
+
+
+def decoder_memory_mask(
+    memory_mask: torch.Tensor | None, query_rows_per_item: int, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """
+    The decoder's cross-attention mask. A `(memory_batch, memory_length)` padding mask is passed as it is. A per-item
+    mask `(memory_batch, items_per_row, memory_length)` becomes the additive `(memory_batch, 1, rows, memory_length)`
+    mask of the query rows the decoder groups per memory row (item-major, `query_rows_per_item` rows per item).
+    """
+    if memory_mask is None or memory_mask.ndim == 2:
+        return memory_mask
+    rows = memory_mask.repeat_interleave(query_rows_per_item, dim=1).unsqueeze(1)
+    additive = torch.zeros(rows.shape, dtype=dtype, device=rows.device)
+    return additive.masked_fill(rows == 0, torch.finfo(dtype).min)
 
 
 @torch.no_grad()
@@ -66,62 +91,82 @@ def original_beam_search(
     beams × vocabulary. A beam that emits EOS is recorded with its normalised score and keeps extending; an item ends
     when its best beam emits EOS or at `max_length`, and then every current beam is recorded. Hypotheses are sorted.
 
+    The original's first step runs `num_beams` copies of the prompt of which only the first can be chosen (the others
+    start at -inf); here it runs once per item and the cache is then tiled per beam. Where the attention
+    implementation has shortcuts (`mplug_fused`) and every item has its own memory row, the memory's key/value
+    projections are folded into the queries when that costs less over the whole generation than projecting the memory
+    once (short answers over a long memory).
+
     Args:
         decoder: the head's [`MPLUGTextDecoder`].
-        memory: `(batch, memory_length, hidden)` decoder memory. memory_mask: `(batch, memory_length)` or None.
+        memory: `(memory_batch, memory_length, hidden)` decoder memory.
+        memory_mask: `(memory_batch, memory_length)` padding mask (or None), one item per memory row; or
+            `(memory_batch, items_per_row, memory_length)`: `items_per_row` consecutive items share each memory row,
+            item j attending to the keys row j of its mask allows (e.g. the questions about one image when the fusion
+            leaves the image tokens unchanged: the image part is then projected once for all of them).
         prompt_ids: `(batch, prompt_length)` start of every hypothesis (default `[CLS]`).
         num_beams, min_length, max_length: as the original (`max_length` counts generated tokens).
         num_return_sequences: hypotheses returned per item (≤ num_beams · items recorded).
     """
     config = decoder.config
-    batch_size, device = memory.shape[0], memory.device
+    device = memory.device
     if num_return_sequences < 1 or num_beams < 1 or max_length < 1:
         raise ValueError("num_beams, max_length and num_return_sequences must be >= 1")
+    items_per_row = items_per_memory_row(memory_mask)
+    batch_size = memory.shape[0] * items_per_row
     eos_token_id, pad_token_id = config.eos_token_id, config.pad_token_id
     if prompt_ids is None:
         prompt_ids = torch.full((batch_size, 1), config.decoder_start_token_id, dtype=torch.long, device=device)
-    alive = prompt_ids.repeat_interleave(num_beams, dim=0)
-    cumulative = torch.full((batch_size, num_beams), float("-inf"), device=device)
-    cumulative[:, 0] = 0.0
-    cumulative = cumulative.view(-1)
-    beam_offsets = (torch.arange(batch_size, device=device) * num_beams).unsqueeze(1)
+    shortcuts = cross_attention_shortcuts(config.text_config)
+    cache = None
+    if shortcuts is not None and items_per_row == 1:  # folding keeps one mask row per memory row
+        query_tokens = prompt_ids.shape[1] + num_beams * (max_length - 1)
+        cache = shortcuts.generation_cache(config.text_config, memory, query_tokens)
+    # The first step runs one row per item (its beams are identical); `rows_per_item` is num_beams afterwards.
+    alive, cumulative, rows_per_item = prompt_ids, torch.zeros(batch_size, device=device), 1
     hypotheses: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch_size)]
     done = [False] * batch_size
-    cache, step_input = None, alive
+    step_input, first_token_logits = alive, None
     for step in range(max_length):
         outputs = decoder(
             step_input,
             encoder_hidden_states=memory,
-            encoder_attention_mask=memory_mask,
+            encoder_attention_mask=decoder_memory_mask(memory_mask, rows_per_item * step_input.shape[1], memory.dtype),
             cache=cache,
             use_cache=True,
             return_dict=True,
         )
         cache = outputs.cache
-        log_probs = torch.log(torch.softmax(outputs.logits[:, -1].float(), dim=-1))
+        logits = outputs.logits[:, -1].float()
+        if step == 0:
+            first_token_logits = logits
+        log_probs = torch.log(torch.softmax(logits, dim=-1))
         vocab_size = log_probs.shape[-1]
         if step < min_length:
             log_probs[:, eos_token_id] = -1e20
         log_probs = log_probs + cumulative.unsqueeze(1)
         length_penalty = ((5.0 + step + 1) / 6.0) ** 0.6
-        candidate_scores = (log_probs / length_penalty).view(batch_size, num_beams * vocab_size)
+        candidate_scores = (log_probs / length_penalty).view(batch_size, rows_per_item * vocab_size)
         topk_scores, topk_ids = candidate_scores.topk(num_beams, dim=-1)
         cumulative = (topk_scores * length_penalty).view(-1)
-        origins = (topk_ids // vocab_size + beam_offsets).view(-1)
+        row_offsets = (torch.arange(batch_size, device=device) * rows_per_item).unsqueeze(1)
+        origins = (topk_ids // vocab_size + row_offsets).view(-1)
         tokens = topk_ids.fmod(vocab_size)
         alive = torch.cat([alive.index_select(0, origins), tokens.view(-1, 1)], dim=1)
         reorder_shared_memory_cache(cache, origins)
+        rows_per_item = num_beams
         finished = tokens.eq(eos_token_id)
         if step + 1 == max_length:
             finished.fill_(True)
-        for item in range(batch_size):
-            if done[item]:
-                continue
-            if finished[item, 0]:
-                finished[item].fill_(True)
-            for beam in finished[item].nonzero().view(-1).tolist():
-                hypotheses[item].append((topk_scores[item, beam].item(), alive[item * num_beams + beam].tolist()))
-            done[item] = bool(finished[item, 0])
+        if bool(finished.any()):
+            finished_rows, scores = finished.tolist(), topk_scores.tolist()
+            for item, row in enumerate(finished_rows):
+                if done[item] or not any(row):
+                    continue
+                # the item ends when its best beam finishes: every current beam is then recorded
+                for beam in range(num_beams) if row[0] else [b for b, is_finished in enumerate(row) if is_finished]:
+                    hypotheses[item].append((scores[item][beam], alive[item * num_beams + beam].tolist()))
+                done[item] = row[0]
         if all(done):
             break
         step_input = tokens.view(-1, 1)
@@ -136,4 +181,9 @@ def original_beam_search(
             sequences[item, rank, : len(seq)] = torch.tensor(seq)
             scores[item, rank] = score
             lengths[item, rank] = len(seq)
-    return MPLUGBeamSearchOutput(sequences=sequences.to(device), scores=scores.to(device), lengths=lengths.to(device))
+    return MPLUGBeamSearchOutput(
+        sequences=sequences.to(device),
+        scores=scores.to(device),
+        lengths=lengths.to(device),
+        first_token_logits=first_token_logits,
+    )

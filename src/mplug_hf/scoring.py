@@ -17,10 +17,12 @@ re-ranking. The heads' methods, the pipelines and the evaluation runner all call
 """
 
 import operator
+from collections import defaultdict
 
 import torch
 
 from .loss_mplug import answer_token_nll
+from .original_generation import decoder_memory_mask, items_per_memory_row
 from .validation import validate_text_inputs
 
 
@@ -46,11 +48,61 @@ def answer_log_likelihoods(decoder, memory, memory_mask, answer_ids, answer_mask
 
 
 def first_token_logits(decoder, memory, memory_mask) -> torch.Tensor:
-    """`(batch, vocab_size)` logits of the first answer token after `[CLS]`."""
-    start = torch.full((memory.shape[0], 1), decoder.config.decoder_start_token_id, device=memory.device)
-    return decoder(start, encoder_hidden_states=memory, encoder_attention_mask=memory_mask, return_dict=True).logits[
+    """`(batch, vocab_size)` logits of the first answer token after `[CLS]`. `memory_mask` is a padding mask, or a
+    per-item mask of several items sharing each memory row (see [`image_shared_memories`])."""
+    num_items = memory.shape[0] * items_per_memory_row(memory_mask)
+    start = torch.full((num_items, 1), decoder.config.decoder_start_token_id, device=memory.device)
+    cross_mask = decoder_memory_mask(memory_mask, 1, memory.dtype)
+    return decoder(start, encoder_hidden_states=memory, encoder_attention_mask=cross_mask, return_dict=True).logits[
         :, 0
     ]
+
+
+def fusion_keeps_image_tokens(config) -> bool:
+    """Whether the fusion has no connected layer (mPLUG-large, S=6), so the decoder memory of every question about an
+    image starts with the same image tokens."""
+    return not any(config.is_connected_fusion_layer(layer) for layer in range(config.fusion_layers))
+
+
+def image_shared_memories(
+    encoder_outputs, image_indices: list[int]
+) -> list[tuple[torch.LongTensor, torch.Tensor, torch.Tensor]]:
+    """
+    The decoder memories of questions grouped by image, for a fusion that keeps the image tokens
+    ([`fusion_keeps_image_tokens`]): one memory row per image, `[V; T_1; …; T_n]` (its tokens once, then the fused
+    text states of each of its n questions), where question j's mask row admits V and T_j only. Attention ignores
+    the order of its keys and masked keys weigh exactly zero, so every question attends to what its own `[V; T_j]`
+    holds, while the decoder projects V once per image instead of once per question. Images with the same number
+    of questions form one group (one decoder batch).
+
+    Args:
+        encoder_outputs: the [`MPLUGModelOutput`] of the questions. image_indices: the image of each question.
+    Returns:
+        per group `(positions, memory, memory_mask)`: `(images · n,)` indices of its questions (image-major),
+        `(images, N + n·L, hidden)` memory rows and `(images, n, N + n·L)` per-question masks.
+    """
+    image_tokens = encoder_outputs.fused_image_states
+    text_states = encoder_outputs.fused_text_states
+    num_image_tokens, (text_length, hidden_size) = image_tokens.shape[1], text_states.shape[1:]
+    text_mask = encoder_outputs.encoder_attention_mask[:, num_image_tokens:]
+    questions_of_image = defaultdict(list)
+    for position, image in enumerate(image_indices):
+        questions_of_image[image].append(position)
+    images_by_count = defaultdict(list)
+    for positions in questions_of_image.values():
+        images_by_count[len(positions)].append(positions)
+    groups = []
+    for count, images in images_by_count.items():
+        positions = torch.tensor([p for image_positions in images for p in image_positions], device=text_states.device)
+        texts = text_states.index_select(0, positions).view(len(images), count * text_length, hidden_size)
+        memory = torch.cat([image_tokens.index_select(0, positions[::count]), texts], dim=1)
+        # block-diagonal text part: question j sees its own text tokens only
+        own_text = torch.zeros(len(images), count, count, text_length, dtype=text_mask.dtype, device=text_mask.device)
+        diagonal = torch.arange(count, device=text_mask.device)
+        own_text[:, diagonal, diagonal] = text_mask.index_select(0, positions).view(len(images), count, text_length)
+        image_part = text_mask.new_ones(len(images), count, num_image_tokens)
+        groups.append((positions, memory, torch.cat([image_part, own_text.flatten(2)], dim=2)))
+    return groups
 
 
 @torch.no_grad()

@@ -33,8 +33,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .fused_attention import FUSED_ATTENTION
 from .io_utils import atomic_write_text
 from .original_generation import original_beam_search
+from .scoring import first_token_logits, fusion_keeps_image_tokens, image_shared_memories
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -70,7 +72,12 @@ class VQAJudge:
     hypothesis decoded with `skip_special_tokens=True`.
 
     Batching: `pixel_values` holds each image once; each image is encoded once and fused with every question asking
-    about it (`image_indices`), and the beams share their question's memory.
+    about it (`image_indices`), and the beams share their question's memory. When the fusion keeps the image tokens
+    (mPLUG-large, the judge of both benchmarks) the questions about one image also share one decoder memory row
+    ([`image_shared_memories`]: the image's keys/values projected once for all of them). On the `mplug_fused`
+    attention path (what [`load_vqa_judge`] loads) the image keys/values of the co-attention layers are projected once
+    per image, and a question's own memory (mPLUG-base) is attended with folded projections instead of projected.
+    P(yes) comes from the beam search's first step.
     """
 
     def __init__(
@@ -115,31 +122,45 @@ class VQAJudge:
         indices = torch.tensor(image_indices, dtype=torch.long, device=self.device)
         return self.model.encode(input_ids, pixel_values, attention_mask, image_indices=indices)
 
-    @torch.no_grad()
-    def p_yes(self, encoded) -> list[float]:
-        """P(yes) against P(no) from the decoder's first answer token (the memory of `encode`)."""
-        start = torch.full(
-            (encoded.last_hidden_state.shape[0], 1),
-            self.model.config.decoder_start_token_id,
-            dtype=torch.long,
-            device=self.device,
-        )
-        logits = self.model(encoder_outputs=encoded, decoder_input_ids=start).logits[:, 0]
-        return logits[:, [self.yes_id, self.no_id]].float().softmax(dim=-1)[:, 0].tolist()
+    def decoder_memories(
+        self, encoded, image_indices: list[int]
+    ) -> list[tuple[torch.LongTensor, torch.Tensor, torch.Tensor]]:
+        """`(question positions, memory, memory_mask)` groups for the decoder: questions sharing their image's memory
+        row when the fusion keeps the image tokens, else every question with its own memory."""
+        if fusion_keeps_image_tokens(self.model.config):
+            return image_shared_memories(encoded, image_indices)
+        positions = torch.arange(len(image_indices), device=self.device)
+        return [(positions, encoded.last_hidden_state, encoded.encoder_attention_mask)]
+
+    def yes_probabilities(self, first_token_logits: torch.Tensor) -> torch.Tensor:
+        """P(yes) against P(no) from the first answer token's logits."""
+        return first_token_logits[:, [self.yes_id, self.no_id]].float().softmax(dim=-1)[:, 0]
 
     @torch.no_grad()
-    def generate(self, encoded) -> list[str]:
-        """The pipeline's answer strings: the original beam search, best hypothesis, special tokens skipped."""
-        settings = (None, self.num_beams, self.min_length, self.max_length)
-        memory, memory_mask = encoded.last_hidden_state, encoded.encoder_attention_mask
-        output = original_beam_search(self.model.text_decoder, memory, memory_mask, *settings)
+    def p_yes(self, encoded, image_indices: list[int]) -> list[float]:
+        """P(yes) of every question from the decoder's first answer token (the memory of `encode`), no beam search."""
+        p_yes = torch.empty(len(image_indices), device=self.device)
+        for positions, memory, memory_mask in self.decoder_memories(encoded, image_indices):
+            logits = first_token_logits(self.model.text_decoder, memory, memory_mask)
+            p_yes[positions] = self.yes_probabilities(logits)
+        return p_yes.tolist()
+
+    @torch.no_grad()
+    def generate(self, encoded, image_indices: list[int]) -> tuple[list[str], list[float]]:
+        """The pipeline's answer strings (the original beam search, best hypothesis, special tokens skipped) and
+        P(yes) from the search's first step."""
+        answers, p_yes = [None] * len(image_indices), torch.empty(len(image_indices), device=self.device)
         tokenizer = self.processor.tokenizer
-        return [
-            tokenizer.decode(
-                sequence[0][: int(length[0])].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=True
+        for positions, memory, memory_mask in self.decoder_memories(encoded, image_indices):
+            output = original_beam_search(
+                self.model.text_decoder, memory, memory_mask, None, self.num_beams, self.min_length, self.max_length
             )
-            for sequence, length in zip(output.sequences, output.lengths)
-        ]
+            p_yes[positions] = self.yes_probabilities(output.first_token_logits)
+            for position, sequence, length in zip(positions.tolist(), output.sequences, output.lengths):
+                answers[position] = tokenizer.decode(
+                    sequence[0][: int(length[0])].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=True
+                )
+        return answers, p_yes.tolist()
 
     def answer(
         self, images: list[Image.Image], questions: list[str], image_indices: list[int], rule: str = "string"
@@ -150,13 +171,16 @@ class VQAJudge:
         """
         if not questions:
             return []
-        encoded = self.encode(self.pixel_values(images), questions, image_indices)
-        p_yes = self.p_yes(encoded)
-        if rule == "p_yes":
-            return [{"answer": "yes" if value > 0.5 else "no", "p_yes": value} for value in p_yes]
-        if rule != "string":
+        if rule not in ("string", "p_yes"):
             raise ValueError(f"unknown answer rule {rule!r}: 'string' or 'p_yes'")
-        return [{"answer": text, "p_yes": value} for text, value in zip(self.generate(encoded), p_yes)]
+        encoded = self.encode(self.pixel_values(images), questions, image_indices)
+        if rule == "p_yes":
+            return [
+                {"answer": "yes" if value > 0.5 else "no", "p_yes": value}
+                for value in self.p_yes(encoded, image_indices)
+            ]
+        answers, p_yes = self.generate(encoded, image_indices)
+        return [{"answer": text, "p_yes": value} for text, value in zip(answers, p_yes)]
 
     @torch.no_grad()
     def choose(
@@ -835,7 +859,10 @@ def load_vqa_judge(model_path: str, device, dtype: str = "float32", **generation
 
     from .modeling_mplug import MPLUGForQuestionAnswering
 
-    model = MPLUGForQuestionAnswering.from_pretrained(model_path, dtype=getattr(torch, dtype)).to(device).eval()
+    model = MPLUGForQuestionAnswering.from_pretrained(
+        model_path, dtype=getattr(torch, dtype), attn_implementation=FUSED_ATTENTION
+    )
+    model = model.to(device).eval()
     return VQAJudge(model, AutoProcessor.from_pretrained(model_path), **generation)
 
 
