@@ -42,6 +42,7 @@ class BenchmarkSettings:
     dpg_items: int = 4
     dpg_crops: int = 4
     dpg_questions: int = 15
+    dpg_stride_layer: int | None = None  # the DPG benchmark's fusion schedule (None: the config's)
     peak_tflops: float | None = None
     seed: int = 0
     # lower-precision variants of each fast path, timed beside it (see PRECISIONS); float32 runs only

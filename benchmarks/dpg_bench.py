@@ -1,15 +1,18 @@
 """Benchmark 9: DPG-Bench-style scoring. Grids of `dpg_crops` generated images per item, `dpg_questions` yes/no
 questions per item, answered as ModelScope's VQA pipeline answers them (beam 5, min 1, max 10, decoded string):
 one pipeline-style call per (crop, question) as the official DPG-Bench and TIFA scripts make them (preprocess one
-crop and one question, encode, beam search, decode) against `mplug_hf.t2i_benchmarks.VQAJudge` (every crop encoded
-once for all its questions, all crops of all items in one batch, the beams sharing their question's memory), the
-latter also in bfloat16."""
+crop and one question, encode, beam search, decode; sdpa attention) against `mplug_hf.t2i_benchmarks.VQAJudge` as
+`load_vqa_judge` loads it, on `mplug_fused` attention (every crop encoded once for all its questions, all crops of all
+items in one batch, the beams sharing their question's memory; see `VQAJudge`), the latter also in bfloat16.
+`dpg_stride_layer` sets the fusion schedule (default mPLUG-base's S=3; 6 is that of mPLUG-large, the benchmarks'
+judge, whose fusion keeps the image tokens)."""
 
 import numpy as np
 import torch
 from PIL import Image
 
 from mplug_hf import MPLUGConfig, MPLUGForQuestionAnswering, MPLUGImageProcessor, MPLUGProcessor
+from mplug_hf.fused_attention import FUSED_ATTENTION
 from mplug_hf.t2i_benchmarks import VQAJudge, crop_boxes
 
 from .common import (
@@ -43,7 +46,10 @@ def grid_images(count: int, crops: int, side: int, seed: int) -> list[Image.Imag
 
 
 def dpg_scoring(config: MPLUGConfig, settings: BenchmarkSettings) -> list[BenchmarkResult]:
+    if settings.dpg_stride_layer is not None:
+        config = MPLUGConfig(**{**config.to_dict(), "stride_layer": settings.dpg_stride_layer})
     model = build_model(MPLUGForQuestionAnswering, config, settings)
+    judge_model = build_model(MPLUGForQuestionAnswering, config, settings, FUSED_ATTENTION)  # the same weights
     size = config.vision_config.image_size
     processor = MPLUGProcessor(MPLUGImageProcessor(image_size=size))
     decoding = dict(num_beams=settings.num_beams, min_length=1, max_length=settings.answer_tokens)
@@ -81,7 +87,7 @@ def dpg_scoring(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Benchm
 
     sides = {
         PER_QUESTION: Side(run=one_per_call, warmup=lambda: one_per_call(1, 1)),
-        **precision_sides(BATCHED, model, batched, settings, lambda model: batched(model, 1)),
+        **precision_sides(BATCHED, judge_model, batched, settings, lambda model: batched(model, 1)),
     }
     with torch.no_grad():
         measurements = measure(sides, settings)
@@ -96,5 +102,8 @@ def dpg_scoring(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Benchm
             measurements, lambda answers, float32: f"answers equal to float32's: {equal_answers(answers, float32)}"
         ),
     ]
-    title = f"DPG-Bench scoring, {num_items} items × {num_crops} crops × {per_item} questions"
+    title = (
+        f"DPG-Bench scoring, {num_items} items × {num_crops} crops × {per_item} questions, "
+        f"fusion stride S={config.stride_layer}"
+    )
     return [make_result(title, measurements, PER_QUESTION, len(crops), notes=notes)]

@@ -66,6 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dpg-crops", type=int, default=4, choices=[1, 2, 3, 4], help="crops per grid")
     parser.add_argument("--dpg-questions", type=int, default=15, help="questions per item")
     parser.add_argument(
+        "--dpg-stride-layer",
+        type=int,
+        help="DPG fusion stride S (default 3, mPLUG-base's; 6: mPLUG-large's, the judge's)",
+    )
+    parser.add_argument(
         "--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: data sheet of known GPUs)"
     )
     parser.add_argument(
@@ -100,6 +105,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
         dpg_items=args.dpg_items,
         dpg_crops=args.dpg_crops,
         dpg_questions=args.dpg_questions,
+        dpg_stride_layer=args.dpg_stride_layer,
         peak_tflops=args.peak_tflops,
         seed=args.seed,
         precisions=tuple(PRECISIONS) if args.precisions is None else tuple(args.precisions),

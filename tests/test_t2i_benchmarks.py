@@ -444,15 +444,20 @@ def test_tifa_two_processes_equal_one_bit_for_bit(workspace, tifa_workspace, tmp
     assert sharded.read_text() == (tmp_path / "single.json").read_text()
 
 
-def test_dpg_benchmark_row_runs_and_both_sides_answer_alike():
+@pytest.mark.parametrize("stride_layer", [None, 6])  # the config's schedule (a connected layer), then none
+def test_dpg_benchmark_row_runs_and_both_sides_answer_alike(stride_layer):
     from benchmarks.common import PRECISIONS, BenchmarkSettings
     from benchmarks.dpg_bench import dpg_scoring
 
     config = tiny_config(
         text_config=dict(vocab_size=30522, hidden_size=32, intermediate_size=64, num_attention_heads=4)
     )
-    settings = BenchmarkSettings(repeats=1, num_beams=3, answer_tokens=4, dpg_items=2, dpg_crops=4, dpg_questions=3)
+    settings = BenchmarkSettings(
+        repeats=1, num_beams=3, answer_tokens=4, dpg_items=2, dpg_crops=4, dpg_questions=3,
+        dpg_stride_layer=stride_layer,
+    )  # fmt: skip
     (result,) = dpg_scoring(config, settings)
+    assert result.title.endswith(f"S={stride_layer or config.stride_layer}")
     assert [row.speedup for row in result.rows][0] == 1.0 and len(result.rows) == 2 + len(PRECISIONS)  # + bf16 rows
     assert "answer strings equal: 24/24" in result.notes[0]
     assert all("answers equal to float32's: " in note for note in result.notes[1:])
