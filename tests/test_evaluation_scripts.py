@@ -120,7 +120,9 @@ def test_evaluate_vqa_generates_answers_in_the_result_format(tmp_path, image_fil
         images=[Image.open(tmp_path / r["image"]) for r in records], text=[r["question"] for r in records]
     )
     expected = model.generate_original(**inputs, num_beams=5, min_length=1, max_length=4)
-    assert [p["answer"] for p in predictions] == processor.batch_decode(expected.sequences[:, 0])
+    assert [p["answer"] for p in predictions] == processor.batch_decode(
+        expected.sequences[:, 0], skip_special_tokens=True
+    )
 
     annotations = [{"question_id": r["question_id"], "answers": r["answer"], "answer_type": r["answer_type"]}
                    for r in records]  # fmt: skip
@@ -176,7 +178,9 @@ def test_evaluate_caption_writes_coco_results_and_scores_them(tmp_path, image_fi
     model, processor = load_head(model_dirs, "caption")
     pixel_values = processor(images=[Image.open(tmp_path / name) for name in image_files[:3]])["pixel_values"]
     expected = model.generate_original(pixel_values, num_beams=3, min_length=2, max_length=5)
-    assert [r["caption"] for r in results] == processor.batch_decode(expected.sequences[:, 0])
+    assert [r["caption"] for r in results] == processor.batch_decode(
+        expected.sequences[:, 0], skip_special_tokens=True
+    )
 
     predictions = {r["image_id"]: r["caption"] for r in results}
     references = {r["image_id"]: record["caption"] for r, record in zip(results, records)}
@@ -240,8 +244,8 @@ def test_evaluate_grounding_writes_pixel_boxes_and_their_accuracy(tmp_path, imag
     model, processor = load_head(model_dirs, "grounding")
     images = [Image.open(tmp_path / r["image"]) for r in records]
     pixels = processor.image_processor(images, mode="grounding")
-    queries = processor.tokenizer([r["text"] for r in records], truncation=True, max_length=20, padding="longest",
-                                  return_tensors="pt")  # fmt: skip
+    # the processor's query convention (`[CLS] query`), as the grounding collator trains
+    queries = processor.encode_text([r["text"] for r in records], max_length=20)
     expected = processor.post_process_grounding(
         model.predict_boxes(queries["input_ids"], pixels["pixel_values"], queries["attention_mask"]),
         pixels["image_sizes"],

@@ -65,7 +65,10 @@ def test_retrieval_and_pretraining_losses_backpropagate(inputs):
     out = model(**inputs, return_loss=True)
     assert torch.isfinite(out.loss) and out.loss_itc > 0 and out.loss_itm > 0
     out.loss.backward()
-    grads_reach(model, ["mplug", "contrastive.vision_proj", "contrastive.text_proj", "contrastive.itm_head", "contrastive.temp"])
+    grads_reach(
+        model,
+        ["mplug", "contrastive.vision_proj", "contrastive.text_proj", "contrastive.itm_head", "contrastive.temp"],
+    )
 
     model = build(MPLUGForPreTraining).train()
     mlm_ids = inputs["input_ids"].clone()
@@ -208,7 +211,10 @@ def test_retrieve_equals_full_itm_matrix_when_k_covers_everything(inputs):
     assert ((i2t_top1 == -100).sum(dim=1) == 2).all()
     # video retrieval's score: ITM + ITC similarity
     with torch.no_grad():
-        sims = model.get_image_features(inputs["pixel_values"]).pooler_output @ model.get_text_features(texts, mask).pooler_output.t()
+        sims = (
+            model.get_image_features(inputs["pixel_values"]).pooler_output
+            @ model.get_text_features(texts, mask).pooler_output.t()
+        )
     i2t_sum, t2i_sum = model.retrieve(inputs["pixel_values"], texts, mask, k=10, add_itc=True)
     torch.testing.assert_close(i2t_sum, full + sims, atol=1e-5, rtol=0)
     torch.testing.assert_close(t2i_sum, (full + sims).t(), atol=1e-5, rtol=0)

@@ -106,12 +106,12 @@ def test_vqa_pipeline_answers_are_the_beam_search_answers_with_their_probabiliti
 
     inputs = processor(images=pictures[0], text=QUESTIONS[0])
     generated = vqa_model.generate(**inputs, num_beams=3, num_return_sequences=3, max_new_tokens=4)
-    expected = {processor.decode(sequence[1:]) for sequence in generated}
+    expected = {processor.decode(sequence[1:], skip_special_tokens=True) for sequence in generated}
     assert {item["answer"] for item in result} <= expected
     # each score is the answer's sequence probability, which teacher forcing recomputes
     for sequence in generated:
         answer_ids = sequence[1:][sequence[1:] != 0]
-        match = [item for item in result if item["answer"] == processor.decode(answer_ids)]
+        match = [item for item in result if item["answer"] == processor.decode(answer_ids, skip_special_tokens=True)]
         if match:
             assert match[0]["score"] == pytest.approx(np.exp(answer_log_prob(vqa_model, inputs, answer_ids)), rel=1e-3)
 
@@ -284,19 +284,19 @@ def test_image_text_to_text_pipeline_captions_and_answers(tmp_path, processor, v
 
     caption = pipe(paths[0], text="", max_new_tokens=5)
     expected = captioner.generate(pixel_values=processor(images=pictures[0])["pixel_values"], max_new_tokens=5)
-    assert caption[0]["generated_text"] == processor.decode(expected[0])
+    assert caption[0]["generated_text"] == processor.decode(expected[0], skip_special_tokens=True)
 
     prompt = "a picture of"
     continued = pipe(pictures[0], text=prompt, max_new_tokens=3, return_full_text=False)
     prompted = captioner.generate(**processor(images=pictures[0], text=prompt), max_new_tokens=3)
-    full = processor.decode(prompted[0])
+    full = processor.decode(prompted[0], skip_special_tokens=True)
     assert full.startswith(prompt) and continued[0]["generated_text"].strip() == full[len(prompt) :].strip()
 
     # the VQA head answers through the same pipeline when passed as a model instance
     answerer = pipeline("image-text-to-text", model=vqa_model, processor=processor, device="cpu")
     answer = answerer(pictures[1], text=QUESTIONS[1], max_new_tokens=4, num_beams=1, return_full_text=False)
     generated = vqa_model.generate(**processor(images=pictures[1], text=QUESTIONS[1]), max_new_tokens=4, num_beams=1)
-    assert answer[0]["generated_text"] == processor.decode(generated[0])
+    assert answer[0]["generated_text"] == processor.decode(generated[0], skip_special_tokens=True)
 
 
 def test_zero_shot_image_classification_pipeline_uses_logits_per_image(tmp_path, processor, images):

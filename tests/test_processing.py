@@ -193,14 +193,23 @@ def test_decoded_answers_are_the_original_and_modelscope_strings(processor):
 
     for text in ("no, it isn't", "what's this? a man's hat, isn't it!", "they're here. i'm sure", "yes"):
         ids = answer_ids(text)
-        assert processor.decode(ids) == original_answer(tokenizer, ids) == modelscope_answer(tokenizer, ids)
-    assert processor.decode(answer_ids("no, it isn't")) == "no, it isn't"
+        assert (
+            processor.decode(ids, skip_special_tokens=True)
+            == original_answer(tokenizer, ids)
+            == modelscope_answer(tokenizer, ids)
+        )
+    assert processor.decode(answer_ids("no, it isn't"), skip_special_tokens=True) == "no, it isn't"
     # a leading continuation piece joins the [CLS] of the original's decoding and goes with it; ModelScope skips
     # [CLS] first and would keep "##ing" (the one string where the two differ: mplug_hf writes the original's)
     ids = answer_ids("dog", pieces=["##ing"])
-    assert processor.decode(ids) == original_answer(tokenizer, ids) == "ing dog"
-    assert processor.batch_decode(torch.tensor([ids, [*answer_ids("yes"), 0]])) == ["ing dog", "yes"]
-    assert processor.decode(torch.tensor([*answer_ids("yes"), -100])) == "yes"  # label padding
+    assert processor.decode(ids, skip_special_tokens=True) == original_answer(tokenizer, ids) == "ing dog"
+    assert processor.batch_decode(torch.tensor([ids, [*answer_ids("yes"), 0]]), skip_special_tokens=True) == [
+        "ing dog",
+        "yes",
+    ]
+    assert (
+        processor.decode(torch.tensor([*answer_ids("yes"), -100]), skip_special_tokens=True) == "yes"
+    )  # label padding
     with pytest.raises(ValueError, match="batch of id sequences.*decode\\(\\)"):
         processor.batch_decode(torch.tensor(answer_ids("yes")))
 
@@ -212,4 +221,4 @@ def test_any_answer_decodes_as_the_original(pieces):
     tokenizer = MPLUGProcessor().tokenizer
     ids = [tokenizer.cls_token_id, *pieces, tokenizer.sep_token_id, tokenizer.pad_token_id]
     processor = MPLUGProcessor(tokenizer=tokenizer)
-    assert processor.decode(ids) == original_answer(tokenizer, ids)
+    assert processor.decode(ids, skip_special_tokens=True) == original_answer(tokenizer, ids)

@@ -364,24 +364,128 @@ class MPLUGTextLayer(GradientCheckpointingLayer):
         return self.final_layer_norm(hidden_states + self.dropout(self.mlp(hidden_states)))
 
 
-class MPLUGTextModel(nn.Module):
-    """
+@auto_docstring
+class MPLUGPreTrainedModel(PreTrainedModel):
+    config: MPLUGConfig
+    base_model_prefix = "mplug"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["MPLUGVisionLayer", "MPLUGTextLayer", "MPLUGFusionLayer", "MPLUGTextEmbeddings"]
+    _skip_keys_device_placement = ["cache"]
+    # The heads normalise their losses themselves (per question, per token): Trainer must divide by the gradient
+    # accumulation steps and not rescale by `num_items_in_batch`, which it does for any forward taking **kwargs.
+    accepts_loss_kwargs = False
+    # Whether this class encodes then decodes (generate() and the encoder_*/decoder_* outputs follow it)
+    is_encoder_decoder_model = False
+
+    def post_init(self):
+        # One MPLUGConfig serves every class, so each model states its kind on it as T5EncoderModel does on T5Config;
+        # the outermost model's post_init runs last, so a head's kind wins over its sub-models'.
+        self.config.is_encoder_decoder = self.is_encoder_decoder_model
+        super().post_init()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        try:
+            return load_with_finite_weights(
+                super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs
+            )
+        except SafetensorError as error:
+            raise ValueError(
+                f"cannot read the weights in {pretrained_model_name_or_path}: {error}; the safetensors file is "
+                "truncated or corrupt (download or save it again)"
+            ) from error
+
+    def _check_and_adjust_attn_implementation(
+        self, attn_implementation: str | None, is_init_check: bool = False, allow_all_kernels: bool = False
+    ) -> str:
+        resolved = super()._check_and_adjust_attn_implementation(attn_implementation, is_init_check, allow_all_kernels)
+        # The modules read the sub-configs, but a directly built model resolves the top config only: hand it down
+        # unless a sub-config was given its own.
+        for sub_config in (getattr(self.config, key) for key in self.config.sub_configs):
+            if sub_config._attn_implementation_internal is None:
+                sub_config._attn_implementation_internal = resolved
+        return resolved
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, MPLUGVisionEmbeddings):
+            init.normal_(module.class_embedding, std=std)
+            init.normal_(module.position_embedding, std=std)
+        elif isinstance(module, MPLUGTextEmbeddings):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+        elif isinstance(module, MPLUGContrastiveHead):
+            init.constant_(module.temp, self.config.contrastive_temperature)
+        elif isinstance(module, MPLUGMomentumEncoders):
+            init_momentum_buffers(module, init)
+
+    def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
+        """Resize the input embeddings (and their tied head) as transformers does, then every other word embedding of
+        the model — the decoder's (tied to its LM head), the momentum text encoder's — to the same size."""
+        input_embeddings = self.get_input_embeddings()
+        resized = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        for module in self.modules():
+            if isinstance(module, MPLUGTextEmbeddings) and module.word_embeddings is not input_embeddings:
+                if module.word_embeddings is not resized:
+                    module.word_embeddings = self._get_resized_embeddings(
+                        module.word_embeddings, resized.weight.shape[0], mean_resizing=mean_resizing
+                    )
+        for module in self.modules():
+            if isinstance(module, MPLUGLMHead) and module.decoder is not self.get_output_embeddings():
+                module.decoder = self._get_resized_lm_head(
+                    module.decoder, resized.weight.shape[0], mean_resizing=mean_resizing
+                )
+        return resized
+
+
+@auto_docstring(
+    custom_intro="""
     BERT stack (embeddings + layers, no pooler). As the text encoder it is bidirectional without cross-attention;
     as the decoder backbone it is causal, cross-attends to `encoder_hidden_states` and supports a KV cache.
     """
+)
+class MPLUGTextModel(MPLUGPreTrainedModel):
+    input_modalities = ("text",)
+    _can_record_outputs = {
+        "hidden_states": MPLUGTextLayer,
+        "attentions": OutputRecorder(MPLUGAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(MPLUGAttention, index=1, layer_name="cross_attn"),
+    }
 
-    def __init__(self, config: MPLUGTextConfig, num_layers: int, is_decoder: bool = False):
-        super().__init__()
-        self.config = config
+    def __init__(self, config: MPLUGConfig, num_layers: int, is_decoder: bool = False):
+        r"""
+        num_layers (`int`):
+            Depth of the stack (`config.text_encoder_layers` or `config.decoder_layers`).
+        is_decoder (`bool`, *optional*, defaults to `False`):
+            Causal self-attention plus cross-attention to a memory (the decoder backbone).
+        """
+        # built on the whole MPLUGConfig so that its output_* flags and attention implementation reach this stack
+        super().__init__(config)
         self.is_decoder = is_decoder
-        self.embeddings = MPLUGTextEmbeddings(config)
+        self.embeddings = MPLUGTextEmbeddings(config.text_config)
         self.layers = nn.ModuleList(
             [
-                MPLUGTextLayer(config, is_causal=is_decoder, has_cross_attention=is_decoder, layer_idx=i)
+                MPLUGTextLayer(config.text_config, is_causal=is_decoder, has_cross_attention=is_decoder, layer_idx=i)
                 for i in range(num_layers)
             ]
         )
+        self.post_init()
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.embeddings.word_embeddings = value
+
+    @capture_outputs
+    @auto_docstring
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -391,39 +495,39 @@ class MPLUGTextModel(nn.Module):
         cache: Cache | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPastAndCrossAttentions:
+        r"""
+        encoder_hidden_states (`torch.FloatTensor` of shape `(memory_batch, memory_length, hidden_size)`, *optional*):
+            The memory (decoder only). `batch_size` may be a multiple of `memory_batch`: rows `i * group … (i + 1) *
+            group - 1` (beams, candidate answers) then share memory row `i`, which is never tiled.
+        encoder_attention_mask (`torch.LongTensor` of shape `(memory_batch, memory_length)`, *optional*):
+            1/0 mask of the memory.
+        cache (`EncoderDecoderCache`, *optional*):
+            The decoder's cache.
         """
-        Args:
-            input_ids: `(batch, length)` token ids.
-            attention_mask: `(batch, past_length + length)` 1/0 padding mask.
-            encoder_hidden_states: `(memory_batch, memory_length, hidden)` memory (decoder only). `batch` may be a
-                multiple of `memory_batch`: rows `i * group … (i + 1) * group - 1` (beams, candidate answers) then
-                share memory row `i`, which is never tiled.
-            encoder_attention_mask: `(memory_batch, memory_length)` 1/0 mask of the memory.
-            cache: the decoder's [`EncoderDecoderCache`], or None.
-        """
+        text_config = self.config.text_config
         past_length = cache.get_seq_length() if cache is not None else 0
         hidden_states = self.embeddings(input_ids, past_length=past_length, attention_mask=attention_mask)
         cross_mask, cross_override = None, None
         if self.is_decoder:
             self_mask = create_causal_mask(
-                config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask, cache=cache
+                config=text_config, inputs_embeds=hidden_states, attention_mask=attention_mask, cache=cache
             )
             memory_batch = encoder_hidden_states.shape[0]
             cross_mask = create_bidirectional_mask(
-                config=self.config,
+                config=text_config,
                 # the shape cross-attention sees: each memory row's group of queries (see MPLUGAttention.attend)
                 inputs_embeds=hidden_states.view(memory_batch, -1, hidden_states.shape[-1]),
                 attention_mask=encoder_attention_mask,
                 encoder_hidden_states=encoder_hidden_states,
             )
-            shortcuts = cross_attention_shortcuts(self.config)
+            shortcuts = cross_attention_shortcuts(text_config)
             if shortcuts is not None:
                 cross_override = shortcuts.decoder_cross_attention(
-                    self.config, self.training, hidden_states, encoder_hidden_states, cache is not None
+                    text_config, self.training, hidden_states, encoder_hidden_states, cache
                 )
         else:
             self_mask = create_bidirectional_mask(
-                config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask
+                config=text_config, inputs_embeds=hidden_states, attention_mask=attention_mask
             )
         for layer in self.layers:
             hidden_states = layer(
@@ -469,77 +573,6 @@ class MPLUGFusionLayer(MPLUGTextLayer):
             cross_attention_override=cross_attention_override,
             **kwargs,
         )
-        return image_states, text_states
-
-
-class MPLUGFusionEncoder(nn.Module):
-    """
-    The fusion schedule: layer j is connected when `config.is_connected_fusion_layer(j)` (`j != 0 and
-    j % stride_layer == 0`), a co-attention layer otherwise. Because V is frozen between connected layers, the
-    fused attention path may prepare the image keys/values of each run of co-attention layers at once (see
-    `mplug_hf.fused_attention`), before the first connected layer once per *image* (`image_indices`).
-    """
-
-    def __init__(self, config: MPLUGConfig):
-        super().__init__()
-        self.config = config.text_config
-        self.layers = nn.ModuleList(
-            [
-                MPLUGFusionLayer(config.text_config, config.is_connected_fusion_layer(j))
-                for j in range(config.fusion_layers)
-            ]
-        )
-
-    def forward(
-        self,
-        image_states: torch.Tensor,
-        text_states: torch.Tensor,
-        text_attention_mask: torch.Tensor,
-        image_indices: torch.LongTensor | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            image_states: `(num_images, num_image_tokens, hidden)` image tokens; `image_indices` `(batch,)` maps each
-                text to its image (default: one image per text).
-            text_states: `(batch, text_length, hidden)` text encoder output; text_attention_mask `(batch, length)`.
-        Returns:
-            `(image_states, text_states)` after fusion, both with `batch` rows.
-        """
-        distinct_images = image_states
-        if image_indices is not None:
-            image_states = image_states.index_select(0, image_indices)
-        image_mask = text_attention_mask.new_ones(image_states.shape[:2])
-        masks = {
-            "text": create_bidirectional_mask(
-                config=self.config, inputs_embeds=text_states, attention_mask=text_attention_mask
-            ),
-            "cross": create_bidirectional_mask(
-                config=self.config,
-                inputs_embeds=text_states,
-                attention_mask=image_mask,
-                encoder_hidden_states=image_states,
-            ),
-            "joint": create_bidirectional_mask(
-                config=self.config,
-                inputs_embeds=torch.cat([image_states, text_states], dim=1),
-                attention_mask=torch.cat([image_mask, text_attention_mask], dim=1),
-            ),
-        }
-        shortcuts = cross_attention_shortcuts(self.config)
-        overrides = []
-        for index, layer in enumerate(self.layers):
-            if shortcuts is not None and not layer.is_connected and not overrides:
-                run = [layer.cross_attn]
-                for following in self.layers[index + 1 :]:
-                    if following.is_connected:
-                        break
-                    run.append(following.cross_attn)
-                # before the first connected layer the texts still share their images' tokens
-                source, indices = (distinct_images, image_indices) if index == 0 else (image_states, None)
-                overrides = shortcuts.co_attention_run(run, self.config, self.training, text_states, source, indices)
-            override = overrides.pop(0) if overrides and not layer.is_connected else None
-            image_states, text_states = layer(image_states, text_states, masks, override, **kwargs)
         return image_states, text_states
 
 
@@ -600,85 +633,109 @@ class MPLUGModelOutput(ModelOutput):
     image_outputs: BaseModelOutputWithPooling | None = None
 
 
-@auto_docstring
-class MPLUGPreTrainedModel(PreTrainedModel):
-    config: MPLUGConfig
-    base_model_prefix = "mplug"
-    main_input_name = "input_ids"
-    input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    _no_split_modules = ["MPLUGVisionLayer", "MPLUGTextLayer", "MPLUGFusionLayer", "MPLUGTextEmbeddings"]
-    _skip_keys_device_placement = ["cache"]
-    # The heads normalise their losses themselves (per question, per token): Trainer must divide by the gradient
-    # accumulation steps and not rescale by `num_items_in_batch`, which it does for any forward taking **kwargs.
-    accepts_loss_kwargs = False
-    # Whether this class encodes then decodes (generate() and the encoder_*/decoder_* outputs follow it)
-    is_encoder_decoder_model = False
+@auto_docstring(
+    custom_intro="""
+    The fusion schedule: layer j is connected when `config.is_connected_fusion_layer(j)` (`j != 0 and
+    j % stride_layer == 0`), a co-attention layer otherwise. Because V is frozen between connected layers, the
+    fused attention path may prepare the image keys/values of each run of co-attention layers at once (see
+    `mplug_hf.fused_attention`), before the first connected layer once per *image* (`image_indices`).
+    """
+)
+class MPLUGFusionEncoder(MPLUGPreTrainedModel):
+    _can_record_outputs = {
+        # the text part of each layer's (image_states, text_states)
+        "hidden_states": OutputRecorder(MPLUGFusionLayer, index=1, capture_initial_hidden_state=False),
+        "attentions": OutputRecorder(MPLUGAttention, index=1, layer_name="self_attn"),
+        "cross_attentions": OutputRecorder(MPLUGAttention, index=1, layer_name="cross_attn"),
+    }
 
-    def post_init(self):
-        # One MPLUGConfig serves every class, so each model states its kind on it as T5EncoderModel does on T5Config;
-        # the outermost model's post_init runs last, so a head's kind wins over its sub-models'.
-        self.config.is_encoder_decoder = self.is_encoder_decoder_model
-        super().post_init()
+    def __init__(self, config: MPLUGConfig):
+        super().__init__(config)
+        self.layers = nn.ModuleList(
+            [
+                MPLUGFusionLayer(config.text_config, config.is_connected_fusion_layer(j))
+                for j in range(config.fusion_layers)
+            ]
+        )
+        self.post_init()
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        try:
-            return load_with_finite_weights(
-                super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs
-            )
-        except SafetensorError as error:
+    @capture_outputs(tie_last_hidden_states=False)
+    @auto_docstring
+    def forward(
+        self,
+        image_states: torch.Tensor,
+        text_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_indices: torch.LongTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> "MPLUGModelOutput":
+        r"""
+        image_states (`torch.FloatTensor` of shape `(num_images, num_image_tokens, hidden_size)`):
+            Image tokens; one per text unless `image_indices`.
+        text_states (`torch.FloatTensor` of shape `(batch_size, text_length, hidden_size)`):
+            Text encoder output.
+        image_indices (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            The image of each text.
+        """
+        num_texts, num_images = text_states.shape[0], image_states.shape[0]
+        if image_indices is not None:
+            image_indices = torch.as_tensor(image_indices, device=image_states.device)
+            if image_indices.shape != (num_texts,) or image_indices.is_floating_point():
+                raise ValueError(f"image_indices must be integers, one per text ({num_texts}), got {image_indices}")
+            if not bool(((image_indices >= 0) & (image_indices < num_images)).all()):
+                raise ValueError(f"image_indices must lie in [0, {num_images - 1}] (one per image)")
+        elif num_images != num_texts:
             raise ValueError(
-                f"cannot read the weights in {pretrained_model_name_or_path}: {error}; the safetensors file is "
-                "truncated or corrupt (download or save it again)"
-            ) from error
-
-    def _check_and_adjust_attn_implementation(
-        self, attn_implementation: str | None, is_init_check: bool = False, allow_all_kernels: bool = False
-    ) -> str:
-        resolved = super()._check_and_adjust_attn_implementation(attn_implementation, is_init_check, allow_all_kernels)
-        # The modules read the sub-configs, but a directly built model resolves the top config only: hand it down
-        # unless a sub-config was given its own.
-        for sub_config in (self.config.text_config, self.config.vision_config):
-            if sub_config._attn_implementation_internal is None:
-                sub_config._attn_implementation_internal = resolved
-        return resolved
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        super()._init_weights(module)
-        std = self.config.initializer_range
-        if isinstance(module, MPLUGVisionEmbeddings):
-            init.normal_(module.class_embedding, std=std)
-            init.normal_(module.position_embedding, std=std)
-        elif isinstance(module, MPLUGTextEmbeddings):
-            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
-        elif isinstance(module, MPLUGContrastiveHead):
-            init.constant_(module.temp, self.config.contrastive_temperature)
-        elif isinstance(module, MPLUGMomentumEncoders):
-            init_momentum_buffers(module, init)
-
-    def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
-        """Resize the input embeddings (and their tied head) as transformers does, then every other word embedding of
-        the model — the decoder's (tied to its LM head), the momentum text encoder's — to the same size."""
-        input_embeddings = self.get_input_embeddings()
-        resized = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
-        for module in self.modules():
-            if isinstance(module, MPLUGTextEmbeddings) and module.word_embeddings is not input_embeddings:
-                if module.word_embeddings is not resized:
-                    module.word_embeddings = self._get_resized_embeddings(
-                        module.word_embeddings, resized.weight.shape[0], mean_resizing=mean_resizing
-                    )
-        for module in self.modules():
-            if isinstance(module, MPLUGLMHead) and module.decoder is not self.get_output_embeddings():
-                module.decoder = self._get_resized_lm_head(
-                    module.decoder, resized.weight.shape[0], mean_resizing=mean_resizing
-                )
-        return resized
+                f"batch size mismatch: {num_images} images but {num_texts} texts; pass image_indices to ask several "
+                "questions about one image"
+            )
+        if attention_mask is None:
+            attention_mask = text_states.new_ones(text_states.shape[:2], dtype=torch.long)
+        text_config = self.config.text_config
+        distinct_images = image_states
+        if image_indices is not None:
+            image_states = image_states.index_select(0, image_indices)
+        unfused_image_states = image_states
+        image_mask = attention_mask.new_ones(image_states.shape[:2])
+        masks = {
+            "text": create_bidirectional_mask(
+                config=text_config, inputs_embeds=text_states, attention_mask=attention_mask
+            ),
+            "cross": create_bidirectional_mask(
+                config=text_config,
+                inputs_embeds=text_states,
+                attention_mask=image_mask,
+                encoder_hidden_states=image_states,
+            ),
+            "joint": create_bidirectional_mask(
+                config=text_config,
+                inputs_embeds=torch.cat([image_states, text_states], dim=1),
+                attention_mask=torch.cat([image_mask, attention_mask], dim=1),
+            ),
+        }
+        unfused_text_states = text_states
+        shortcuts = cross_attention_shortcuts(text_config)
+        overrides = []
+        for index, layer in enumerate(self.layers):
+            if shortcuts is not None and not layer.is_connected and not overrides:
+                run = [layer.cross_attn]
+                for following in self.layers[index + 1 :]:
+                    if following.is_connected:
+                        break
+                    run.append(following.cross_attn)
+                # before the first connected layer the texts still share their images' tokens
+                source, indices = (distinct_images, image_indices) if index == 0 else (image_states, None)
+                overrides = shortcuts.co_attention_run(run, text_config, self.training, text_states, source, indices)
+            override = overrides.pop(0) if overrides and not layer.is_connected else None
+            image_states, text_states = layer(image_states, text_states, masks, override, **kwargs)
+        return MPLUGModelOutput(
+            last_hidden_state=torch.cat([image_states, text_states], dim=1),
+            encoder_attention_mask=torch.cat([image_mask, attention_mask], dim=1),
+            image_states=unfused_image_states,
+            text_states=unfused_text_states,
+            fused_image_states=image_states,
+            fused_text_states=text_states,
+        )
 
 
 @auto_docstring(
@@ -742,27 +799,18 @@ class MPLUGVisionModel(MPLUGPreTrainedModel):
     """
 )
 class MPLUGModel(MPLUGPreTrainedModel):
-    _can_record_outputs = {
-        "hidden_states": [
-            OutputRecorder(MPLUGTextLayer, layer_name="text_encoder"),
-            OutputRecorder(MPLUGFusionLayer, index=1),
-        ],
-        "attentions": OutputRecorder(MPLUGAttention, index=1, layer_name="self_attn"),
-        "cross_attentions": OutputRecorder(MPLUGAttention, index=1, layer_name="cross_attn"),
-    }
-
     def __init__(self, config: MPLUGConfig):
         super().__init__(config)
         self.vision_model = MPLUGVisionModel(config)
-        self.text_encoder = MPLUGTextModel(config.text_config, config.text_encoder_layers)
+        self.text_encoder = MPLUGTextModel(config, config.text_encoder_layers)
         self.fusion_encoder = MPLUGFusionEncoder(config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
-        return self.text_encoder.embeddings.word_embeddings
+        return self.text_encoder.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Embedding):
-        self.text_encoder.embeddings.word_embeddings = value
+        self.text_encoder.set_input_embeddings(value)
 
     @can_return_tuple
     @auto_docstring
@@ -777,7 +825,7 @@ class MPLUGModel(MPLUGPreTrainedModel):
             pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs, return_dict=True
         )
 
-    @capture_outputs(tie_last_hidden_states=False)
+    @can_return_tuple
     @auto_docstring
     def get_text_features(
         self,
@@ -791,8 +839,13 @@ class MPLUGModel(MPLUGPreTrainedModel):
         """
         check_forward_kwargs(kwargs, self)
         validate_text_inputs(input_ids, attention_mask, self.config.text_config)
-        text_states = self.text_encoder(input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        return BaseModelOutputWithPooling(last_hidden_state=text_states, pooler_output=text_states[:, 0])
+        outputs = self.text_encoder(input_ids, attention_mask=attention_mask, **kwargs, return_dict=True)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=outputs.last_hidden_state[:, 0],
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
     @can_return_tuple
     @auto_docstring
@@ -823,63 +876,25 @@ class MPLUGModel(MPLUGPreTrainedModel):
         check_forward_kwargs(kwargs, self)
         if (pixel_values is None) == (image_states is None):
             raise ValueError("pass exactly one of pixel_values (images) and image_states (encoded image tokens)")
-        image_outputs = None
-        if image_states is None:
-            # the vision tower records its own states (image_outputs); the text side is recorded by `fuse`
-            image_outputs = self.vision_model(
-                pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs, return_dict=True
-            )
-            image_states = image_outputs.last_hidden_state
-        outputs = self.fuse(
-            image_states, input_ids, attention_mask, image_indices, text_states, **kwargs, return_dict=True
-        )
-        outputs.image_outputs = image_outputs
-        return outputs
-
-    @capture_outputs(tie_last_hidden_states=False)
-    def fuse(
-        self,
-        image_states: torch.Tensor,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_indices: torch.LongTensor | None = None,
-        text_states: torch.Tensor | None = None,
-        **kwargs: Unpack[TransformersKwargs],
-    ) -> MPLUGModelOutput:
-        """The text encoder (unless `text_states` are given) and the skip-connected fusion over encoded images."""
         if (input_ids is None) == (text_states is None):
             raise ValueError("pass exactly one of input_ids (texts) and text_states (encoded texts)")
+        # each sub-model records its own states; the text encoder's and the fusion's are joined below
+        image_outputs = text_outputs = None
+        if image_states is None:
+            image_outputs = self.get_image_features(pixel_values, interpolate_pos_encoding, **kwargs, return_dict=True)
+            image_states = image_outputs.last_hidden_state
         if text_states is None:
-            validate_text_inputs(input_ids, attention_mask, self.config.text_config)
-            text_states = self.text_encoder(input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        num_texts, num_images = text_states.shape[0], image_states.shape[0]
-        if image_indices is not None:
-            image_indices = torch.as_tensor(image_indices, device=image_states.device)
-            if image_indices.shape != (num_texts,) or image_indices.is_floating_point():
-                raise ValueError(f"image_indices must be integers, one per text ({num_texts}), got {image_indices}")
-            if not bool(((image_indices >= 0) & (image_indices < num_images)).all()):
-                raise ValueError(f"image_indices must lie in [0, {num_images - 1}] (one per image)")
-        elif num_images != num_texts:
-            raise ValueError(
-                f"batch size mismatch: {num_images} images but {num_texts} texts; pass image_indices to ask several "
-                "questions about one image"
-            )
-        if attention_mask is None:
-            attention_mask = text_states.new_ones(text_states.shape[:2], dtype=torch.long)
-        fused_image_states, fused_text_states = self.fusion_encoder(
-            image_states, text_states, attention_mask, image_indices=image_indices, **kwargs
+            text_outputs = self.get_text_features(input_ids, attention_mask, **kwargs, return_dict=True)
+            text_states = text_outputs.last_hidden_state
+        outputs = self.fusion_encoder(
+            image_states, text_states, attention_mask, image_indices, **kwargs, return_dict=True
         )
-        if image_indices is not None:
-            image_states = image_states.index_select(0, image_indices)
-        image_mask = attention_mask.new_ones(fused_image_states.shape[:2])
-        return MPLUGModelOutput(
-            last_hidden_state=torch.cat([fused_image_states, fused_text_states], dim=1),
-            encoder_attention_mask=torch.cat([image_mask, attention_mask], dim=1),
-            image_states=image_states,
-            text_states=text_states,
-            fused_image_states=fused_image_states,
-            fused_text_states=fused_text_states,
-        )
+        if text_outputs is not None:
+            for name in ("hidden_states", "attentions"):
+                if getattr(outputs, name) is not None:
+                    setattr(outputs, name, getattr(text_outputs, name) + getattr(outputs, name))
+        outputs.image_outputs = image_outputs
+        return outputs
 
 
 @auto_docstring(
@@ -890,23 +905,18 @@ class MPLUGModel(MPLUGPreTrainedModel):
 )
 class MPLUGTextDecoder(MPLUGPreTrainedModel):
     _tied_weights_keys = {"lm_head.decoder.weight": "model.embeddings.word_embeddings.weight"}
-    _can_record_outputs = {
-        "hidden_states": MPLUGTextLayer,
-        "attentions": OutputRecorder(MPLUGAttention, index=1, layer_name="self_attn"),
-        "cross_attentions": OutputRecorder(MPLUGAttention, index=1, layer_name="cross_attn"),
-    }
 
     def __init__(self, config: MPLUGConfig):
         super().__init__(config)
-        self.model = MPLUGTextModel(config.text_config, config.decoder_layers, is_decoder=True)
+        self.model = MPLUGTextModel(config, config.decoder_layers, is_decoder=True)
         self.lm_head = MPLUGLMHead(config.text_config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embeddings.word_embeddings
+        return self.model.get_input_embeddings()
 
     def set_input_embeddings(self, value: nn.Embedding):
-        self.model.embeddings.word_embeddings = value
+        self.model.set_input_embeddings(value)
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head.decoder
@@ -914,7 +924,7 @@ class MPLUGTextDecoder(MPLUGPreTrainedModel):
     def set_output_embeddings(self, new_embeddings: nn.Linear):
         self.lm_head.decoder = new_embeddings
 
-    @capture_outputs
+    @can_return_tuple
     @auto_docstring
     def forward(
         self,
@@ -955,12 +965,20 @@ class MPLUGTextDecoder(MPLUGPreTrainedModel):
             encoder_attention_mask=encoder_attention_mask,
             cache=cache,
             **kwargs,
+            return_dict=True,
         )
         logits = self.lm_head(outputs.last_hidden_state)
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, vocab_size=self.config.text_config.vocab_size)
-        return CausalLMOutputWithCrossAttentions(loss=loss, logits=logits, cache=cache if use_cache else None)
+        return CausalLMOutputWithCrossAttentions(
+            loss=loss,
+            logits=logits,
+            cache=cache if use_cache else None,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            cross_attentions=outputs.cross_attentions,
+        )
 
     def decode_memory(
         self,
@@ -1420,9 +1438,7 @@ def build_momentum_encoders(config: MPLUGConfig) -> MPLUGMomentumEncoders | None
     # CODEPATH: only a config with momentum_queue_size > 0 (the original's ITC training) has momentum encoders.
     if config.momentum_queue_size <= 0:
         return None
-    return MPLUGMomentumEncoders(
-        config, MPLUGVisionModel(config), MPLUGTextModel(config.text_config, config.text_encoder_layers)
-    )
+    return MPLUGMomentumEncoders(config, MPLUGVisionModel(config), MPLUGTextModel(config, config.text_encoder_layers))
 
 
 @auto_docstring(
@@ -1625,7 +1641,7 @@ class MPLUGGroundingOutput(ModelOutput):
     loss (`torch.FloatTensor` of shape `()`, with `labels`):
         CE weighted by L1 and (1 − GIoU), see the head.
     logits (`torch.FloatTensor` of shape `(batch_size, 4, num_box_bins)`):
-        Teacher-forced logits of the 4 coordinate bins.
+        Logits of the 4 coordinate bins: teacher-forced with labels, of the greedy steps without.
     pred_boxes (`torch.FloatTensor` of shape `(batch_size, 4)`):
         Normalised (cx, cy, w, h) on the padded square: the argmax of `logits` with labels, greedy decoding without.
         `processor.post_process_grounding` turns them into pixel boxes.
@@ -1717,7 +1733,8 @@ class MPLUGForGrounding(MPLUGPreTrainedModel):
         memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
         encoder_states = {"hidden_states": encoder_outputs.hidden_states, "attentions": encoder_outputs.attentions}
         if labels is None:
-            return MPLUGGroundingOutput(pred_boxes=self.predict_boxes(encoder_outputs=encoder_outputs), **encoder_states)
+            bin_logits, tokens = self.decode_boxes_greedily(memory, memory_mask)
+            return MPLUGGroundingOutput(logits=bin_logits, pred_boxes=self.tokens_to_boxes(tokens), **encoder_states)
         if labels.shape != (memory.shape[0], 4) or not bool(torch.isfinite(labels).all()):
             raise ValueError(f"labels must be finite boxes of shape ({memory.shape[0]}, 4), got {tuple(labels.shape)}")
         target_tokens = self.boxes_to_tokens(labels)
@@ -1747,15 +1764,22 @@ class MPLUGForGrounding(MPLUGPreTrainedModel):
             encoder_outputs = self.mplug(
                 input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, return_dict=True
             )
-        memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
+        _, tokens = self.decode_boxes_greedily(
+            encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
+        )
+        return self.tokens_to_boxes(tokens)
+
+    def decode_boxes_greedily(self, memory, memory_mask) -> tuple[torch.Tensor, torch.LongTensor]:
+        """The 4 greedy coordinate steps (KV cache): `(batch, 4, num_box_bins)` bin logits and `(batch, 4)` tokens."""
         step_input = torch.full((memory.shape[0], 1), self.config.box_prefix_token_id, device=memory.device)
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        tokens = []
+        step_logits, tokens = [], []
         for _ in range(4):
             bin_logits, cache = self._bin_logits(step_input, memory, memory_mask, cache)
             step_input = bin_logits[:, -1].argmax(dim=-1, keepdim=True) + self.config.box_bin_start_token_id
+            step_logits.append(bin_logits[:, -1])
             tokens.append(step_input)
-        return self.tokens_to_boxes(torch.cat(tokens, dim=1))
+        return torch.stack(step_logits, dim=1), torch.cat(tokens, dim=1)
 
 
 @auto_docstring(
@@ -1895,7 +1919,10 @@ class MPLUGForPreTraining(MPLUGPreTrainedModel):
                 return_dict=True,
             ).loss
         return MPLUGPreTrainingOutput(
-            loss=sum(losses.values()), **losses, logits_per_image=logits_per_image, logits_per_text=logits_per_image.t()
+            loss=sum(losses.values()),
+            **losses,
+            logits_per_image=logits_per_image,
+            logits_per_text=logits_per_image.t(),
         )
 
 

@@ -82,7 +82,7 @@ class MPLUGMomentumEncoders(nn.Module):
 
         image_tokens = self.vision_model(pixel_values, return_dict=True).last_hidden_state
         image_feat = contrastive.image_features(image_tokens, frame_count(pixel_values), projection=self.vision_proj)
-        text_states = self.text_encoder(input_ids, attention_mask=attention_mask).last_hidden_state
+        text_states = self.text_encoder(input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
         return image_feat, F.normalize(self.text_proj(text_states[:, 0]), dim=-1)
 
     @torch.no_grad()

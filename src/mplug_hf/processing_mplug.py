@@ -232,9 +232,10 @@ class MPLUGProcessor(ProcessorMixin):
         """
         return self.image_processor.post_process_grounding(pred_boxes, image_sizes)
 
-    def batch_decode(self, sequences, skip_special_tokens: bool = True, **kwargs) -> list[str]:
+    def batch_decode(self, sequences, skip_special_tokens: bool = False, **kwargs) -> list[str]:
         """
-        The answer / caption strings the original's evaluation and ModelScope's mPLUG pipeline write (transformers 4's
+        With `skip_special_tokens=True` (or through `post_process_image_text_to_text`, which answers and captions
+        use), the answer / caption strings the original's evaluation and ModelScope's mPLUG pipeline write (transformers 4's
         BERT decoding): word pieces joined, tokenization spaces cleaned up (`"isn't"`, not `"isn ' t"`; `"no, it"`),
         and a leading `##` piece joined to the `[CLS]` before it, so removed with it (`"##ing dog"` → `"ing dog"`).
         Negative ids (the -100 of label padding) are dropped. Keyword arguments go to the tokenizer's `batch_decode`.
@@ -260,7 +261,7 @@ class MPLUGProcessor(ProcessorMixin):
         texts = self.tokenizer.batch_decode(cleaned, skip_special_tokens=skip_special_tokens, **kwargs)
         return [text.strip().removeprefix("##") for text in texts]
 
-    def decode(self, sequence, skip_special_tokens: bool = True, **kwargs) -> str:
+    def decode(self, sequence, skip_special_tokens: bool = False, **kwargs) -> str:
         """One id sequence as [`~MPLUGProcessor.batch_decode`] writes it."""
         if hasattr(sequence, "tolist"):
             sequence = sequence.tolist()

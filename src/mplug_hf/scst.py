@@ -94,7 +94,9 @@ def self_critical_loss(
     generated = (lengths - prompt_length).to(log_likelihood.dtype)
     scores = (log_likelihood / ((5.0 + generated) / 6.0) ** 0.6).view(batch_size, num_beams)
 
-    texts = processor.batch_decode(sequences[:, prompt_length:].masked_fill(mask[:, prompt_length:] == 0, 0))
+    texts = processor.batch_decode(
+        sequences[:, prompt_length:].masked_fill(mask[:, prompt_length:] == 0, 0), skip_special_tokens=True
+    )
     rewards = torch.tensor(
         cider(texts, [refs for refs in references for _ in range(num_beams)]),
         dtype=scores.dtype,

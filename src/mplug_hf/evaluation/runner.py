@@ -578,8 +578,8 @@ def retrieval_scores(
 def ground_phrases(runner: EvaluationRunner, records: Sequence[dict], max_length: int = 20) -> torch.Tensor:
     """
     Boxes of every record's referring expression (`text`) in its `image` with a [`MPLUGForGrounding`]: the
-    processor's grounding transform (long side resized, padded square), queries as `[CLS] text [SEP]` truncated to
-    `max_length` tokens as the original's grounding dataset, 4 greedy coordinate tokens.
+    processor's grounding transform (long side resized, padded square), queries as `[CLS] text` (the processor's
+    convention) truncated to `max_length` tokens as the original's grounding dataset, 4 greedy coordinate tokens.
 
     Returns:
         `(num_records, 4)` pixel (x1, y1, x2, y2) boxes of the input images.
