@@ -114,6 +114,14 @@ def test_decoding_refuses_ids_it_cannot_write():
             PROCESSOR.batch_decode(bad if not torch.is_tensor(bad) or bad.ndim != 1 else bad[None])
 
 
+def test_generation_lengths_and_beams_are_checked(tiny_heads, questions):
+    vqa, _ = tiny_heads
+    _, inputs = questions
+    for name, value in (("num_beams", 0), ("num_return_sequences", -1), ("max_new_tokens", 0), ("max_length", 2.5)):
+        with pytest.raises(ValueError, match=rf"{name} must be an integer >= 1, got {value!r}"):
+            vqa.generate(**inputs, **{name: value})
+
+
 def test_scoring_arguments_are_checked(tiny_heads, questions):
     vqa, retrieval = tiny_heads
     _, inputs = questions

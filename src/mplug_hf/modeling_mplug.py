@@ -1078,6 +1078,11 @@ class MPLUGGenerationMixin(GenerationMixin):
             if other_input in kwargs:
                 raise TypeError(f"generate() got {other_input} both positionally and as a keyword")
             kwargs[other_input], generation_config = generation_config, None
+        for name in ("num_beams", "num_return_sequences", "max_new_tokens", "max_length"):
+            value = kwargs.get(name)
+            # transformers divides by or loops over these: a bad value fails deep inside generate()
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         return super().generate(inputs, generation_config, *args, **kwargs)
 
     @staticmethod
