@@ -5,13 +5,15 @@ methods."""
 import io
 import re
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from benchmarks.common import PRECISIONS, BenchmarkSettings, describe_machine, format_report, precision_sides
 from benchmarks.original_style import tiled_rank_answers, uncached_tiled_beam_search
 from benchmarks.run_benchmarks import BENCHMARKS, parse_args, run, settings_from_args
-from mplug_hf import MPLUGForCaptioning, MPLUGForQuestionAnswering, MPLUGModel
+from mplug_hf import MPLUGForCaptioning, MPLUGForQuestionAnswering, MPLUGImageProcessor, MPLUGModel, MPLUGProcessor
 from mplug_hf.original_generation import original_beam_search
 from tests.conftest import tiny_config
 
@@ -201,3 +203,44 @@ def test_peak_tflops_of_known_gpus(monkeypatch):
     assert vision.peak_tflops(settings) is None
     assert vision.peak_tflops(BenchmarkSettings(peak_tflops=2.0)) == 2.0
     assert vision.peak_tflops(BenchmarkSettings()) is None
+
+
+def test_bf16_agreement_script_compares_every_precision_with_float32(tmp_path):
+    """benchmarks/bf16_agreement.py end to end on an untrained demo-sized VQA model, fixtures trained one step."""
+    from benchmarks import bf16_agreement
+
+    demo = bf16_agreement.load_demo()
+    tokenizer = demo.easy_vqa_tokenizer(str(tmp_path))
+    torch.manual_seed(0)
+    MPLUGForQuestionAnswering(demo.small_config(len(tokenizer))).save_pretrained(tmp_path)
+    MPLUGProcessor(MPLUGImageProcessor(image_size=64), tokenizer=tokenizer).save_pretrained(tmp_path)
+    arguments = ["--model", str(tmp_path), "--test-subset", "6", "--fixture-steps", "1", "--fixture-images", "4"]
+    report = bf16_agreement.main([*arguments, "--batch-size", "4"])
+    rows = [line for line in report.splitlines() if line.startswith("| ") and not line.startswith("| decoding")]
+    rows = [row for row in rows if not row.startswith("| precision")]
+    assert len(rows) == 2 * 3 + 3 + 3  # VQA: two decodings × three precisions; retrieval; grounding
+    float32_rows = [row for row in rows if "| float32 |" in row]
+    assert len(float32_rows) == 4 and all("(100.00%)" in row for row in float32_rows)
+    for precision in PRECISIONS.values():
+        assert sum(f"| {precision} |" in row for row in rows) == 4
+
+
+def test_bf16_agreement_boxes_and_rankings():
+    from benchmarks.bf16_agreement import box_iou, ranking_agreement
+
+    boxes = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0]])
+    other = torch.tensor([[1.0, 1.0, 3.0, 3.0], [0.0, 0.0, 2.0, 2.0]])
+    assert box_iou(boxes, other).tolist() == pytest.approx([1 / 7, 1.0])
+    scores = np.array([[0.1, 0.9, 0.5, 0.4, 0.3, 0.2], [0.9, 0.1, 0.5, 0.4, 0.3, 0.2]], dtype=np.float32)
+    swapped = scores.copy()
+    swapped[1, [0, 1]] = swapped[1, [1, 0]]  # the second row's first and last place change hands
+    assert ranking_agreement(swapped, scores) == ("1/2 (50.00%)", "1/2 (50.00%)")
+
+
+def test_bf16_agreement_shape_box_is_the_shape_in_an_easy_vqa_image(tmp_path):
+    from benchmarks.bf16_agreement import shape_box
+
+    image = Image.new("RGB", (64, 64), (248, 234, 230))
+    image.paste((30, 40, 220), (10, 20, 30, 50))
+    image.save(tmp_path / "shape.png")
+    assert shape_box(str(tmp_path / "shape.png")) == [10.0, 20.0, 30.0, 50.0]
