@@ -85,6 +85,18 @@ def test_attention_implementations_equal_eager(tmp_path, inputs, attn_implementa
         assert other.generate(**inputs, num_beams=2).tolist() == eager.generate(**inputs, num_beams=2).tolist()
 
 
+@torch.no_grad()
+def fused_and_eager_encodings(model, pixel_values, input_ids, mask, image_indices):
+    """The fused path's encoding of texts that share images (`image_indices`), then eager attention's over the images
+    tiled per text (the model is left on eager)."""
+    images = model.mplug.get_image_features(pixel_values).last_hidden_state
+    texts = model.mplug.get_text_features(input_ids, mask).last_hidden_state
+    shared = model.mplug(image_states=images, text_states=texts, attention_mask=mask, image_indices=image_indices)
+    model.set_attn_implementation("eager")
+    tiled = model.mplug(image_states=images.index_select(0, image_indices), text_states=texts, attention_mask=mask)
+    return shared, tiled
+
+
 @pytest.mark.parametrize("stride_layer", [2, 5])
 def test_fused_path_projects_each_image_once_for_many_questions(inputs, stride_layer):
     """Eight questions about two images: projecting each image's K/V once is cheaper than folding the projections
@@ -115,12 +127,8 @@ def test_fused_path_projects_each_image_once_for_many_questions(inputs, stride_l
                 ),
                 with_kwargs=True,
             )
-    with torch.no_grad(), patch.object(fused_attention, "project_run_keys_values", counting_projection):
-        images = model.mplug.get_image_features(inputs["pixel_values"]).last_hidden_state
-        texts = model.mplug.get_text_features(input_ids, mask).last_hidden_state
-        shared = model.mplug(image_states=images, text_states=texts, attention_mask=mask, image_indices=image_indices)
-        model.set_attn_implementation("eager")
-        tiled = model.mplug(image_states=images.index_select(0, image_indices), text_states=texts, attention_mask=mask)
+    with patch.object(fused_attention, "project_run_keys_values", counting_projection):
+        shared, tiled = fused_and_eager_encodings(model, inputs["pixel_values"], input_ids, mask, image_indices)
     assert projected_rows == [2]
     assert folded_layers == ([3] if stride_layer == 2 else [])
     torch.testing.assert_close(shared.last_hidden_state, tiled.last_hidden_state, atol=1e-5, rtol=1e-5)
@@ -353,11 +361,7 @@ def test_fused_path_attends_texts_grouped_by_image_without_gathering_image_keys(
         key_batches.extend(override.keywords["key"].shape[0] for override in overrides)
         return overrides
 
-    with torch.no_grad(), patch.object(fused_attention, "project_run_keys_values", recording_projection):
-        images = model.mplug.get_image_features(inputs["pixel_values"]).last_hidden_state
-        texts = model.mplug.get_text_features(input_ids, mask).last_hidden_state
-        shared = model.mplug(image_states=images, text_states=texts, attention_mask=mask, image_indices=image_indices)
-        model.set_attn_implementation("eager")
-        tiled = model.mplug(image_states=images.index_select(0, image_indices), text_states=texts, attention_mask=mask)
+    with patch.object(fused_attention, "project_run_keys_values", recording_projection):
+        shared, tiled = fused_and_eager_encodings(model, inputs["pixel_values"], input_ids, mask, image_indices)
     assert key_batches == [2, 2]  # the first co-attention run: one key/value row per image, not per question
     torch.testing.assert_close(shared.last_hidden_state, tiled.last_hidden_state, atol=1e-5, rtol=1e-5)

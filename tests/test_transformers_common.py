@@ -395,6 +395,12 @@ class MPLUGModelTest(MPLUGBaseModelTestMixin, MPLUGCompositeTestBase, unittest.T
 
 
 class MPLUGGenerationHeadTestMixin:
+    """What holds for the generating heads (captioning, VQA): targets are the decoder inputs, padding ignored."""
+
+    def _labels_for(self, model_class, inputs_dict):
+        ids = inputs_dict["decoder_input_ids"]
+        return {"labels": ids.masked_fill(inputs_dict["decoder_attention_mask"] == 0, -100)}
+
     @unittest.skip(
         reason="the generating heads keep transformers' fixed Seq2SeqLMOutput fields (test_attention_outputs counts "
         "them); the vision tower's output is the encoder's: `encoder_*` for captioning, whose encoder is the ViT, and "
@@ -432,10 +438,6 @@ class MPLUGForCaptioningTest(MPLUGGenerationHeadTestMixin, MPLUGCompositeTestBas
     def test_resize_tokens_embeddings(self):
         pass
 
-    def _labels_for(self, model_class, inputs_dict):
-        ids = inputs_dict["decoder_input_ids"]
-        return {"labels": ids.masked_fill(inputs_dict["decoder_attention_mask"] == 0, -100)}
-
 
 class MPLUGForQuestionAnsweringTest(MPLUGGenerationHeadTestMixin, MPLUGCompositeTestBase, unittest.TestCase):
     all_model_classes = (MPLUGForQuestionAnswering,)
@@ -451,10 +453,6 @@ class MPLUGForQuestionAnsweringTest(MPLUGGenerationHeadTestMixin, MPLUGComposite
 
     def setUp(self):
         self.model_tester = MPLUGDecoderModelTester(self, with_question=True)
-
-    def _labels_for(self, model_class, inputs_dict):
-        ids = inputs_dict["decoder_input_ids"]
-        return {"labels": ids.masked_fill(inputs_dict["decoder_attention_mask"] == 0, -100)}
 
 
 class MPLUGNoSingleStackTestMixin:
