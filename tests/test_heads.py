@@ -248,6 +248,8 @@ def test_grounding_predict_boxes_and_bad_labels(inputs):
     assert (pixel[:, 2] <= torch.tensor([80.0, 50.0])).all() and (pixel[:, 3] <= torch.tensor([60.0, 100.0])).all()
     with pytest.raises(ValueError, match="labels must be finite boxes"):
         model(**inputs, labels=torch.rand(3, 4))
+    with pytest.raises(ValueError, match=r"labels must be finite boxes of shape \(2, 4\), got NaN or inf values"):
+        model(**inputs, labels=torch.full((2, 4), float("nan")))
 
 
 def test_vqa_mismatched_answers_raise(inputs):

@@ -1741,7 +1741,8 @@ class MPLUGForGrounding(MPLUGPreTrainedModel):
             bin_logits, tokens = self.decode_boxes_greedily(memory, memory_mask)
             return MPLUGGroundingOutput(logits=bin_logits, pred_boxes=self.tokens_to_boxes(tokens), **encoder_states)
         if labels.shape != (memory.shape[0], 4) or not bool(torch.isfinite(labels).all()):
-            raise ValueError(f"labels must be finite boxes of shape ({memory.shape[0]}, 4), got {tuple(labels.shape)}")
+            problem = f"shape {tuple(labels.shape)}" if labels.shape != (memory.shape[0], 4) else "NaN or inf values"
+            raise ValueError(f"labels must be finite boxes of shape ({memory.shape[0]}, 4), got {problem}")
         target_tokens = self.boxes_to_tokens(labels)
         prefix = torch.full_like(target_tokens[:, :1], self.config.box_prefix_token_id)
         bin_logits, _ = self._bin_logits(torch.cat([prefix, target_tokens], dim=1), memory, memory_mask)
