@@ -82,7 +82,7 @@ def vqa_agreement(model, processor, records, answer_list, rescored_answers: int,
         f"rank_answers over {len(answer_list)} answers (k = {rescored_answers})": dict(
             answer_list=answer_list, k=rescored_answers
         ),
-        "generate_original, beam 5": {},
+        "generate_answer_original, beam 5": {},
     }
     rows = []
     for decoding, options in decodings.items():
@@ -120,7 +120,7 @@ def train_fixture(model_class, config, processor, collator, examples: list[dict]
             model=model,
             args=arguments,
             train_dataset=datasets.Dataset.from_list(examples),
-            # without augmentation the grounding collator adds the image sizes that only predict_boxes takes
+            # without augmentation the grounding collator adds the image sizes, which the model does not take
             data_collator=lambda batch: {k: v for k, v in collate(batch).items() if k != "image_sizes"},
         )
         trainer.train()

@@ -3,7 +3,8 @@ questions per item, answered as ModelScope's VQA pipeline answers them (beam 5, 
 one pipeline-style call per (crop, question) as the official DPG-Bench and TIFA scripts make them (preprocess one
 crop and one question, encode, beam search, decode; sdpa attention) against `mplug_hf.t2i_benchmarks.VQAJudge` as
 `load_vqa_judge` loads it, on `mplug_fused` attention (every crop encoded once for all its questions, all crops of all
-items in one batch, the beams sharing their question's memory; see `VQAJudge`), the latter also in bfloat16.
+items in one batch, the beams sharing their question's memory; see `VQAJudge`), the latter also in bfloat16, and
+`--score p_yes` (P(yes) > P(no) from the first answer token, no beam search) with its agreement with the string rule.
 `dpg_stride_layer` sets the fusion schedule (default mPLUG-base's S=3; 6 is that of mPLUG-large, the benchmarks'
 judge, whose fusion keeps the image tokens)."""
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 from mplug_hf import MPLUGConfig, MPLUGForQuestionAnswering, MPLUGImageProcessor, MPLUGProcessor
 from mplug_hf.fused_attention import FUSED_ATTENTION
+from mplug_hf.original_generation import generate_answer_original
 from mplug_hf.t2i_benchmarks import VQAJudge, crop_boxes
 
 from .common import (
@@ -29,6 +31,7 @@ from .common import (
 
 PER_QUESTION = "one pipeline call per question (official scripts)"
 BATCHED = "VQAJudge: crops encoded once, all questions batched"
+FIRST_TOKEN = "VQAJudge, --score p_yes: first answer token, no beam search"
 
 QUESTIONS = [
     "is there a cat?", "is the cat black?", "is there a dog?", "is the dog brown?", "is the dog next to the cat?",
@@ -60,10 +63,10 @@ def dpg_scoring(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Benchm
     crops = [grid.crop(box).convert("RGB") for grid in grid_images(num_items, num_crops, size, settings.seed)
              for box in boxes]  # fmt: skip
 
-    def batched(model, count: int = len(crops)) -> list[str]:
+    def batched(model, count: int = len(crops), rule: str = "string") -> list[str]:
         pairs = [(c, q) for c in range(count) for q in questions]
         answers = VQAJudge(model, processor, **decoding).answer(
-            crops[:count], [q for _, q in pairs], [c for c, _ in pairs]
+            crops[:count], [q for _, q in pairs], [c for c, _ in pairs], rule=rule
         )
         return [answer["answer"] for answer in answers]
 
@@ -73,8 +76,8 @@ def dpg_scoring(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Benchm
             for question in questions[:limit]:
                 input_ids, attention_mask = judge.encode_questions([question])
                 pixel_values = judge.pixel_values([crop])
-                output = model.generate_original(
-                    input_ids, pixel_values, attention_mask, judge.num_beams, judge.min_length, judge.max_length
+                output = generate_answer_original(
+                    model, input_ids, pixel_values, attention_mask, judge.num_beams, judge.min_length, judge.max_length
                 )
                 answers.append(
                     processor.tokenizer.decode(
@@ -88,16 +91,27 @@ def dpg_scoring(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Benchm
     sides = {
         PER_QUESTION: Side(run=one_per_call, warmup=lambda: one_per_call(1, 1)),
         **precision_sides(BATCHED, judge_model, batched, settings, lambda model: batched(model, 1)),
+        **precision_sides(
+            FIRST_TOKEN,
+            judge_model,
+            lambda model: batched(model, rule="p_yes"),
+            settings,
+            lambda model: batched(model, 1, rule="p_yes"),
+        ),
     }
     with torch.no_grad():
         measurements = measure(sides, settings)
     reference, ours = measurements[PER_QUESTION].output, measurements[BATCHED].output
+    first_token = measurements[FIRST_TOKEN].output
 
     def equal_answers(answers: list[str], other_answers: list[str]) -> str:
         return f"{sum(a == b for a, b in zip(answers, other_answers))}/{len(answers)}"
 
     notes = [
         f"{len(crops) * per_item} questions; answer strings equal: {equal_answers(ours, reference)}",
+        # random weights rarely answer "yes": a check that both rules run on the same questions, not of their accuracy
+        "p_yes decisions equal to the string rule's (answer == 'yes'): "
+        f"{equal_answers(first_token, ['yes' if answer == 'yes' else 'no' for answer in reference])}",
         *precision_notes(
             measurements, lambda answers, float32: f"answers equal to float32's: {equal_answers(answers, float32)}"
         ),

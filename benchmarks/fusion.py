@@ -32,7 +32,9 @@ def fusion_encoder(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Ben
     @torch.no_grad()
     def fuse(implementation: str) -> torch.Tensor:
         set_attention_implementation(model.config, implementation)
-        return model(image_states=image_states, text_states=text_states, attention_mask=attention_mask).last_hidden_state
+        return model(
+            image_states=image_states, text_states=text_states, attention_mask=attention_mask
+        ).last_hidden_state
 
     sides = {name: Side(run=lambda name=name: fuse(name)) for name in IMPLEMENTATIONS}
     measurements = measure(sides, settings)

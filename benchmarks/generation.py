@@ -5,6 +5,7 @@ also in bfloat16 (weights, autocast) beside its float32 run."""
 import torch
 
 from mplug_hf import MPLUGConfig, MPLUGForCaptioning, MPLUGForQuestionAnswering
+from mplug_hf.original_generation import generate_answer_original, generate_caption_original
 
 from .common import (
     BenchmarkResult,
@@ -22,7 +23,7 @@ from .original_style import uncached_tiled_beam_search
 
 
 ORIGINAL_STYLE = "original-style: no cache, prefix re-run, memory tiled per beam"
-CACHED_ORIGINAL = "generate_original: same beam search, KV cache, shared memory"
+CACHED_ORIGINAL = "ported original beam search: same algorithm, KV cache, shared memory"
 HF_GENERATE = "generate (HF beam search), KV cache, shared memory"
 
 
@@ -37,8 +38,14 @@ def _decoding_benchmark(title, model, model_inputs, encode, length, settings) ->
         memory, memory_mask = encode()
         return uncached_tiled_beam_search(model, memory, memory_mask, beams, tokens, tokens)
 
+    original_decoding = (
+        generate_caption_original if isinstance(model, MPLUGForCaptioning) else generate_answer_original
+    )
+
     def cached_original(tokens: int) -> torch.LongTensor:
-        return model.generate_original(**model_inputs, num_beams=beams, min_length=tokens, max_length=tokens).sequences
+        return original_decoding(
+            model, **model_inputs, num_beams=beams, min_length=tokens, max_length=tokens
+        ).sequences
 
     def hf_generate(model, tokens: int) -> torch.LongTensor:
         return model.generate(**model_inputs, num_beams=beams, min_new_tokens=tokens, max_new_tokens=tokens)
@@ -56,9 +63,9 @@ def _decoding_benchmark(title, model, model_inputs, encode, length, settings) ->
     hf = measurements[HF_GENERATE].output
     batch_size = baseline.shape[0]
     notes = [
-        f"original-style and generate_original sequences equal: {equal_sequences(baseline, cached)} (same beam"
+        f"original-style and ported original beam search sequences equal: {equal_sequences(baseline, cached)} (same beam"
         " search, so all should be)",
-        f"HF generate's best sequence equals generate_original's for {equal_sequences(hf, cached)} items (another"
+        f"HF generate's best sequence equals the ported original beam search for {equal_sequences(hf, cached)} items (another"
         " beam search: length penalty and bookkeeping differ)",
         *precision_notes(
             measurements,

@@ -6,6 +6,7 @@ import torch
 
 from mplug_hf import MPLUGConfig, MPLUGForQuestionAnswering
 from mplug_hf.processing_mplug import default_tokenizer
+from mplug_hf.scoring import score_yes_no
 
 from .common import (
     BenchmarkResult,
@@ -36,7 +37,8 @@ def judging(config: MPLUGConfig, settings: BenchmarkSettings) -> list[BenchmarkR
 
     def batched(model, images: int = num_images) -> torch.Tensor:
         questions = images * per_image
-        return model.score_yes_no(
+        return score_yes_no(
+            model,
             input_ids[:questions],
             pixel_values[:images],
             yes_id,
@@ -51,7 +53,8 @@ def judging(config: MPLUGConfig, settings: BenchmarkSettings) -> list[BenchmarkR
             length = int(attention_mask[question].sum())
             image = int(image_indices[question])
             scores.append(
-                model.score_yes_no(
+                score_yes_no(
+                    model,
                     input_ids[question : question + 1, :length],
                     pixel_values[image : image + 1],
                     yes_id,

@@ -97,7 +97,7 @@ def tiled_rank_answers(
     """
     The original `rank_answer`: first-token probabilities select the top `k` candidates per question, then each is
     scored teacher-forced with its question's memory repeated `k` times. Returns `(topk_ids, topk_probs)`, each
-    `(batch, k)`, best first — the output of `MPLUGForQuestionAnswering.rank_answers`.
+    `(batch, k)`, best first — the output of `mplug_hf.scoring.rank_answers`.
     """
     batch_size = memory.shape[0]
     start = candidate_ids[:1, :1].expand(batch_size, 1)

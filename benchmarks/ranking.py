@@ -4,6 +4,7 @@ against the original's tiled scoring (the memory repeated once per candidate); `
 import torch
 
 from mplug_hf import MPLUGConfig, MPLUGForQuestionAnswering
+from mplug_hf.scoring import rank_answers
 
 from .common import (
     BenchmarkResult,
@@ -24,7 +25,7 @@ TILED = "original-style: memory repeated per candidate"
 SHARED = "rank_answers: memory shared by the candidates"
 
 
-def rank_answers(config: MPLUGConfig, settings: BenchmarkSettings) -> list[BenchmarkResult]:
+def answer_ranking(config: MPLUGConfig, settings: BenchmarkSettings) -> list[BenchmarkResult]:
     """Both sides encode the questions and re-score all candidates (k = number of candidates)."""
     model = build_model(MPLUGForQuestionAnswering, config, settings)
     batch_size, num_candidates = settings.rank_batch_size, settings.num_candidates
@@ -33,8 +34,8 @@ def rank_answers(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Bench
     candidate_ids, candidate_mask = random_texts(num_candidates, 1, 3, config, settings, with_sep=True, seed_offset=1)
 
     def shared(model, count: int = num_candidates):
-        return model.rank_answers(
-            input_ids, pixel_values, candidate_ids[:count], candidate_mask[:count], attention_mask, k=count
+        return rank_answers(
+            model, input_ids, pixel_values, candidate_ids[:count], candidate_mask[:count], attention_mask, k=count
         )
 
     @torch.no_grad()

@@ -24,7 +24,7 @@ from .dpg_bench import dpg_scoring
 from .fusion import fusion_encoder
 from .generation import caption_generation, vqa_generation
 from .judging import judging
-from .ranking import rank_answers
+from .ranking import answer_ranking
 from .training import training_step
 from .vision import vision_encoder
 
@@ -33,7 +33,7 @@ BENCHMARKS = {
     "captioning": caption_generation,
     "vqa": vqa_generation,
     "fusion": fusion_encoder,
-    "rank": rank_answers,
+    "rank": answer_ranking,
     "blip": blip_comparison,
     "training": training_step,
     "judging": judging,
@@ -47,7 +47,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="benchmarks to run (default: all)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--image-size", type=int, default=384, help="384 is mPLUG-base's; 224 for quick runs")
+    parser.add_argument(
+        "--model-size",
+        choices=["base", "large"],
+        default="base",
+        help="mPLUG-large is the DPG-Bench/TIFA judge's size",
+    )
+    parser.add_argument(
+        "--image-size", type=int, help="default: 384 (mPLUG-base's VQA size) or 336 (large's); 224 for quick runs"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="images per call (generation, fusion, BLIP)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side at most")
     parser.add_argument(
@@ -128,12 +136,13 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = settings_from_args(args)
-    config = MPLUGConfig.base(image_size=args.image_size)
+    image_size = args.image_size or {"base": 384, "large": 336}[args.model_size]
+    config = getattr(MPLUGConfig, args.model_size)(image_size=image_size)
     machine = describe_machine(settings)
     start = time.perf_counter()
     results = run(config, settings, args.only or list(BENCHMARKS))
     settings_line = (
-        f"mPLUG-base, random weights, image {args.image_size}px, batch {settings.batch_size}, "
+        f"mPLUG-{args.model_size}, random weights, image {image_size}px, batch {settings.batch_size}, "
         f"up to {settings.repeats} timed run(s) per side (≤ {settings.side_budget_s:.0f} s each side) after a warm-up, "
         f"interleaved; suite time {time.perf_counter() - start:.0f} s"
     )

@@ -31,6 +31,7 @@ from transformers import AutoProcessor
 from mplug_hf import MPLUGForQuestionAnswering
 from mplug_hf.image_processing_mplug import load_image
 from mplug_hf.io_utils import atomic_write_text
+from mplug_hf.scoring import choose, score_yes_no
 
 
 ROW_KEYS = {"id", "question_index", "question", "input_hash"}
@@ -206,8 +207,8 @@ class Judge:
         rows = {}
         yes_no = [question for question in questions if question["options"] is None]
         if yes_no:
-            p_yes = self.model.score_yes_no(
-                **self._inputs(yes_no, image_root), yes_token_id=self.yes_id, no_token_id=self.no_id
+            p_yes = score_yes_no(
+                self.model, **self._inputs(yes_no, image_root), yes_token_id=self.yes_id, no_token_id=self.no_id
             )
             for question, value in zip(yes_no, p_yes.tolist()):
                 rows[id(question)] = {"p_yes": value}
@@ -227,7 +228,8 @@ class Judge:
                 choice_mask[row, :count] = targets["attention_mask"][offset : offset + count]
                 offset += count
             device = self.model.device
-            best, scores = self.model.choose(
+            best, scores = choose(
+                self.model,
                 **self._inputs(multiple_choice, image_root),
                 choice_ids=choice_ids.to(device),
                 choice_attention_mask=choice_mask.to(device),
@@ -261,7 +263,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--length-normalize", action="store_true", help="mean instead of summed option log-prob")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
         help="weights dtype (bfloat16: the CPU's AMX / the GPU's fast path; scores are computed in float32)",
     )
     parser.add_argument("--max-batches", type=int, help="stop after this many batches (the rest on the next run)")

@@ -9,7 +9,7 @@ its questions and many images per batch.
 With `--sbert FOLDER` (a sentence-transformers model, TIFA uses all-mpnet-base-v2) the rule is TIFA's: mPLUG's
 free-form answer (ModelScope pipeline decoding: beam 5, min 1, max 10), kept if it is one of the choices, else the
 choice with the closest sentence embedding. Without it every question is answered by mPLUG's own likelihood of each
-choice (`MPLUGForQuestionAnswering.choose`): a different, faster rule (no beam search, no second model), whose scores
+choice (`mplug_hf.scoring.choose`): a different, faster rule (no beam search, no second model), whose scores
 are not TIFA's published numbers.
 
 Output: TIFA's result dict (`tifa_average`, `tifa_stdev`, `accuracy_by_type`, `question_details`, `caption_scores`)

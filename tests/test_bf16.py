@@ -21,6 +21,8 @@ from mplug_hf import (
     MPLUGProcessor,
 )
 from mplug_hf.evaluation.runner import EvaluationRunner, retrieval_scores
+from mplug_hf.original_generation import generate_answer_original, generate_caption_original
+from mplug_hf.scoring import choose, encode_image_questions, rank_answers, retrieve, score_yes_no
 from tests.conftest import tiny_config
 
 
@@ -66,13 +68,13 @@ def test_vqa_paths_agree_with_float32(inputs, candidate_mask, mode, attn_impleme
     for name, current in (("fp32", reference), (mode, model)):
         with precision(mode if current is model else "fp32"):
             results[name] = dict(
-                encoded=current.encode(ids, pixels, mask).last_hidden_state,
+                encoded=encode_image_questions(current, ids, pixels, mask).last_hidden_state,
                 generate=current.generate(**inputs, max_new_tokens=4, num_beams=3),
-                original=current.generate_original(ids, pixels, mask, num_beams=3, max_length=4),
-                rank=current.rank_answers(ids, pixels, CANDIDATES, candidate_mask, attention_mask=mask, k=3),
-                yes=current.score_yes_no(ids, pixels, 30, 31, attention_mask=mask),
-                yes_full=current.score_yes_no(ids, pixels, 30, 31, attention_mask=mask, full_sequence=True),
-                choose=current.choose(ids, pixels, choices, choice_mask, attention_mask=mask),
+                original=generate_answer_original(current, ids, pixels, mask, num_beams=3, max_length=4),
+                rank=rank_answers(current, ids, pixels, CANDIDATES, candidate_mask, attention_mask=mask, k=3),
+                yes=score_yes_no(current, ids, pixels, 30, 31, attention_mask=mask),
+                yes_full=score_yes_no(current, ids, pixels, 30, 31, attention_mask=mask, full_sequence=True),
+                choose=choose(current, ids, pixels, choices, choice_mask, attention_mask=mask),
                 loss=current(**inputs, labels=CANDIDATES[:2]).loss,
             )
     ours, fp32 = results[mode], results["fp32"]
@@ -102,7 +104,7 @@ def test_captioning_agrees_with_float32(inputs, mode):
         with precision(name):
             outputs[name] = (
                 model.generate(pixel_values=inputs["pixel_values"], max_new_tokens=5, num_beams=3),
-                model.generate_original(pixel_values=inputs["pixel_values"], num_beams=3, max_length=5),
+                generate_caption_original(model, pixel_values=inputs["pixel_values"], num_beams=3, max_length=5),
                 model(pixel_values=inputs["pixel_values"], labels=CANDIDATES[:2]).loss,
             )
     (generated, original, loss), (generated32, original32, loss32) = outputs[mode], outputs["fp32"]
@@ -124,7 +126,7 @@ def test_retrieval_ranks_agree_with_float32(mode):
     for name in ("fp32", mode):
         model = build(MPLUGForRetrieval, name)
         with precision(name):
-            outputs[name] = model.retrieve(pixels, texts, mask, k=5, batch_size=3)
+            outputs[name] = retrieve(model, pixels, texts, mask, k=5, batch_size=3)
     for ours, fp32 in zip(outputs[mode], outputs["fp32"]):
         assert ours.dtype == torch.float32
         assert_close_loose(ours, fp32, atol=0.1)
@@ -158,7 +160,7 @@ def test_grounding_boxes_agree_with_float32(inputs, mode):
     for name in ("fp32", mode):
         model = build(MPLUGForGrounding, name)
         with precision(name):
-            boxes[name] = model.predict_boxes(**inputs)
+            boxes[name] = model(**inputs).pred_boxes
     assert boxes[mode].dtype == torch.float32
     assert torch.equal(boxes[mode], boxes["fp32"])
 

@@ -16,6 +16,8 @@ from mplug_hf.convert_original import (
     strip_pretraining_infixes,
 )
 from mplug_hf.image_processing_mplug import MPLUGImageProcessor
+from mplug_hf.original_generation import generate_answer_original, generate_caption_original
+from mplug_hf.scoring import rank_answers, retrieve
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +96,13 @@ def test_vqa_parity(ref):
         valid = g["vqa.teacher_forced.labels"] != -100
         close(out.logits[:, :-1, :1024][valid], g["vqa.teacher_forced.logits_head"][valid], 1e-4)
         close(out.logits[:, :-1].logsumexp(-1)[valid], g["vqa.teacher_forced.logits_logsumexp"][valid], 1e-4)
-    beams = model.generate_original(qi, pv, qm, num_beams=5, min_length=1, max_length=10, num_return_sequences=5)
+    beams = generate_answer_original(
+        model, qi, pv, qm, num_beams=5, min_length=1, max_length=10, num_return_sequences=5
+    )
     same_sequences(beams, g["vqa.beam.sequences"], g["vqa.beam.lengths"])
     close(beams.scores, g["vqa.beam.scores"], 1e-4)
-    ids, probs = model.rank_answers(
-        qi, pv, g["vqa.rank.answer_list_input_ids"], g["vqa.rank.answer_list_attention_mask"], qm, k=3
+    ids, probs = rank_answers(
+        model, qi, pv, g["vqa.rank.answer_list_input_ids"], g["vqa.rank.answer_list_attention_mask"], qm, k=3
     )
     assert ids.tolist() == g["vqa.rank.topk_ids"].tolist()
     close(probs, g["vqa.rank.topk_probs"], 1e-4)
@@ -116,10 +120,10 @@ def test_caption_parity(ref):
     close(out.loss, g["caption.loss"], 1e-4)
     valid = g["caption.teacher_forced.labels"] != -100
     close(out.logits[:, :-1, :1024][valid], g["caption.teacher_forced.logits_head"][valid], 1e-4)
-    beams = model.generate_original(pv, num_beams=5, min_length=2, max_length=12, num_return_sequences=5)
+    beams = generate_caption_original(model, pv, num_beams=5, min_length=2, max_length=12, num_return_sequences=5)
     same_sequences(beams, g["caption.beam.sequences"], g["caption.beam.lengths"])
     close(beams.scores, g["caption.beam.scores"], 1e-4)
-    png = model.generate_original(g["inputs.png_pixel_values"], num_beams=5, min_length=2, max_length=12)
+    png = generate_caption_original(model, g["inputs.png_pixel_values"], num_beams=5, min_length=2, max_length=12)
     for item in range(2):
         expected = [t for t in g["caption.png.best_sequence"][item].tolist() if t >= 0]
         assert png.sequences[item, 0, : len(expected)].tolist() == expected
@@ -138,9 +142,9 @@ def test_retrieval_parity(ref):
         out = model(input_ids=ti, pixel_values=pv, attention_mask=tm, compute_itm=False)
         close(out.logits_per_image, g["retrieval.sims_over_temp"], 1e-4)
         close(model.contrastive.temp, g["retrieval.temp"], 0)
-    i2t, t2i = model.retrieve(pv, ti, tm, k=4)
+    i2t, t2i = retrieve(model, pv, ti, tm, k=4)
     close(i2t, g["retrieval.itm_logits"][..., 1], 1e-4)
-    i2t, _ = model.retrieve(pv, ti, tm, k=2)  # the fixture's k_test: top-2 by ITC, ITM there, -100 elsewhere
+    i2t, _ = retrieve(model, pv, ti, tm, k=2)  # the fixture's k_test: top-2 by ITC, ITM there, -100 elsewhere
     top = g["retrieval.sims"].topk(2, dim=1).indices
     expected = torch.full((3, 4), -100.0).scatter(1, top, g["retrieval.itm_logits"][..., 1].gather(1, top))
     close(i2t, expected, 1e-4)
@@ -154,7 +158,7 @@ def test_grounding_parity(ref):
         encoded = model.mplug(input_ids=qi, pixel_values=pv, attention_mask=qm)
         close(encoded.text_states, g["grounding.text_embeds"], 1e-5)
         close(encoded.last_hidden_state, g["grounding.memory"], 1e-5)
-        close(model.predict_boxes(qi, pv, qm), g["grounding.pred_box"], 1e-6)
+        close(model(qi, pv, qm).pred_boxes, g["grounding.pred_box"], 1e-6)
         out = model(input_ids=qi, pixel_values=pv, attention_mask=qm, labels=g["grounding.targets"])
     close(out.logits, g["grounding.tf.logits_bins"], 1e-4)
     close(out.pred_boxes, g["grounding.tf.pred_box"], 1e-6)
@@ -349,23 +353,23 @@ def trimmed(sequences, lengths):
 
 def test_converted_generation_defaults_generate_as_many_tokens_as_the_original(ref):
     """The original's VQA max 10/min 1 and caption max 25/min 8 count generated tokens only: the converted
-    generation config says max/min_new_tokens, and generate() with its defaults equals generate_original()."""
+    generation config says max/min_new_tokens, and generate() with its defaults equals generate_caption_original / generate_answer_original."""
     _, g, _ = ref
     qi, pv, qm = g["common.question_input_ids"], g["inputs.pixel_values"], g["common.question_attention_mask"]
     vqa, _ = convert(ref, "vqa")
     settings = vqa.generation_config
     assert (settings.max_new_tokens, settings.min_new_tokens, settings.num_beams) == (10, 1, 5)
-    original = vqa.generate_original(qi, pv, qm)
+    original = generate_answer_original(vqa, qi, pv, qm)
     generated = vqa.generate(input_ids=qi, pixel_values=pv, attention_mask=qm)
     expected = trimmed(original.sequences[:, 0], original.lengths[:, 0])
     assert [row[: len(target)] for row, target in zip(generated.tolist(), expected)] == expected
     # where the length limit binds, the count of generated tokens is the original's
-    original = vqa.generate_original(qi, pv, qm, min_length=3, max_length=3)
+    original = generate_answer_original(vqa, qi, pv, qm, min_length=3, max_length=3)
     generated = vqa.generate(input_ids=qi, pixel_values=pv, attention_mask=qm, max_new_tokens=3, min_new_tokens=3)
     assert generated.tolist() == original.sequences[:, 0].tolist() and generated.shape[1] == 1 + 3
     caption, _ = convert(ref, "caption")
     assert (caption.generation_config.max_new_tokens, caption.generation_config.min_new_tokens) == (25, 8)
-    original = caption.generate_original(pv)  # beam 5, min 8, max 25
+    original = generate_caption_original(caption, pv)  # beam 5, min 8, max 25
     generated = caption.generate(pixel_values=pv)
     expected = trimmed(original.sequences[:, 0], original.lengths[:, 0])
     assert [row[: len(target)] for row, target in zip(generated.tolist(), expected)] == expected

@@ -5,6 +5,7 @@ import math
 import random
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -589,9 +590,9 @@ class _RecordingRunner:
         runner = self
 
         class Model:
-            def predict_boxes(self, input_ids, attention_mask, pixel_values):
+            def __call__(self, input_ids, attention_mask, pixel_values):
                 runner.seen.append(input_ids)
-                return torch.full((len(input_ids), 4), 0.5)
+                return SimpleNamespace(pred_boxes=torch.full((len(input_ids), 4), 0.5))
 
         self.model = Model()
 

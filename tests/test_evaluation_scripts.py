@@ -20,6 +20,8 @@ from mplug_hf import (
     MPLUGProcessor,
 )
 from mplug_hf.evaluation import compute_caption_metrics, evaluate_vqa, grounding_accuracy, retrieval_metrics
+from mplug_hf.original_generation import generate_answer_original, generate_caption_original
+from mplug_hf.scoring import rank_answers, retrieve
 from tests.conftest import tiny_config
 
 
@@ -119,7 +121,7 @@ def test_evaluate_vqa_generates_answers_in_the_result_format(tmp_path, image_fil
     inputs = processor(
         images=[Image.open(tmp_path / r["image"]) for r in records], text=[r["question"] for r in records]
     )
-    expected = model.generate_original(**inputs, num_beams=5, min_length=1, max_length=4)
+    expected = generate_answer_original(model, **inputs, num_beams=5, min_length=1, max_length=4)
     assert [p["answer"] for p in predictions] == processor.batch_decode(
         expected.sequences[:, 0], skip_special_tokens=True
     )
@@ -151,8 +153,12 @@ def test_evaluate_vqa_ranks_an_answer_list_from_jsonl_with_mapped_columns(tmp_pa
     model, processor = load_head(model_dirs, "vqa")
     inputs = processor(images=[Image.open(tmp_path / r["img"]) for r in rows], text=[r["q"] for r in rows])
     candidates = processor.encode_targets(answer_list)
-    top_ids, _ = model.rank_answers(
-        candidate_ids=candidates["input_ids"], candidate_attention_mask=candidates["attention_mask"], k=3, **inputs
+    top_ids, _ = rank_answers(
+        model,
+        candidate_ids=candidates["input_ids"],
+        candidate_attention_mask=candidates["attention_mask"],
+        k=3,
+        **inputs,
     )
     assert [p["answer"] for p in predictions] == [answer_list[i] for i in top_ids[:, 0].tolist()]
     correct = [p["answer"] == r["answer"] for p, r in zip(predictions, rows)]
@@ -177,7 +183,7 @@ def test_evaluate_caption_writes_coco_results_and_scores_them(tmp_path, image_fi
     assert [r["image_id"] for r in results] == [42, image_files[1], image_files[2]]  # COCO names give their id
     model, processor = load_head(model_dirs, "caption")
     pixel_values = processor(images=[Image.open(tmp_path / name) for name in image_files[:3]])["pixel_values"]
-    expected = model.generate_original(pixel_values, num_beams=3, min_length=2, max_length=5)
+    expected = generate_caption_original(model, pixel_values, num_beams=3, min_length=2, max_length=5)
     assert [r["caption"] for r in results] == processor.batch_decode(
         expected.sequences[:, 0], skip_special_tokens=True
     )
@@ -220,7 +226,7 @@ def test_evaluate_retrieval_reranks_like_the_head_from_a_datasets_folder(tmp_pat
     model, processor = load_head(model_dirs, "retrieval")
     pixel_values = processor(images=[Image.open(tmp_path / name) for name in image_files])["pixel_values"]
     encoded = processor.encode_text(texts, max_length=30, padding="max_length")
-    i2t, t2i = model.retrieve(pixel_values, encoded["input_ids"], encoded["attention_mask"], k=2)
+    i2t, t2i = retrieve(model, pixel_values, encoded["input_ids"], encoded["attention_mask"], k=2)
     np.testing.assert_allclose(scores["scores_i2t"], i2t.numpy(), atol=1e-5)
     np.testing.assert_allclose(scores["scores_t2i"], t2i.numpy(), atol=1e-5)
     assert ranks["i2t_top"] == np.argsort(-scores["scores_i2t"], axis=1, kind="stable")[:, :10].tolist()
@@ -247,7 +253,7 @@ def test_evaluate_grounding_writes_pixel_boxes_and_their_accuracy(tmp_path, imag
     # the processor's query convention (`[CLS] query`), as the grounding collator trains
     queries = processor.encode_text([r["text"] for r in records], max_length=20)
     expected = processor.post_process_grounding(
-        model.predict_boxes(queries["input_ids"], pixels["pixel_values"], queries["attention_mask"]),
+        model(queries["input_ids"], pixels["pixel_values"], queries["attention_mask"]).pred_boxes,
         pixels["image_sizes"],
     )
     np.testing.assert_allclose([r["box"] for r in results], expected.numpy(), atol=0.006)

@@ -8,7 +8,7 @@ from transformers import GenerationMixin
 
 from mplug_hf import MPLUGForCaptioning, MPLUGForQuestionAnswering, fused_attention
 from mplug_hf.fused_attention import attend_with_folded_projections, folding_is_cheaper
-from mplug_hf.modeling_mplug import MPLUGAttention
+from mplug_hf.modeling_mplug_text import MPLUGAttention
 from tests.conftest import tiny_config
 
 

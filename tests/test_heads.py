@@ -9,6 +9,8 @@ from mplug_hf import (
     MPLUGForRetrieval,
     MPLUGImageProcessor,
 )
+from mplug_hf.original_generation import generate_answer_original, generate_caption_original
+from mplug_hf.scoring import rank_answers, retrieve
 from tests.conftest import tiny_config
 
 
@@ -135,8 +137,8 @@ def test_caption_batched_generation_equals_one_by_one(inputs):
 
 def test_original_beam_search_returns_sorted_hypotheses(inputs):
     model = build(MPLUGForCaptioning)
-    out = model.generate_original(
-        inputs["pixel_values"], num_beams=3, min_length=2, max_length=5, num_return_sequences=3
+    out = generate_caption_original(
+        model, inputs["pixel_values"], num_beams=3, min_length=2, max_length=5, num_return_sequences=3
     )
     assert out.sequences.shape[:2] == (2, 3)
     assert (out.scores[:, :-1] >= out.scores[:, 1:]).all()
@@ -146,8 +148,8 @@ def test_original_beam_search_returns_sorted_hypotheses(inputs):
 
 def test_vqa_original_beam_search_batch_independent(inputs):
     model = build(MPLUGForQuestionAnswering)
-    batched = model.generate_original(**inputs, num_beams=3, max_length=4, num_return_sequences=2)
-    single = model.generate_original(
+    batched = generate_answer_original(model, **inputs, num_beams=3, max_length=4, num_return_sequences=2)
+    single = generate_answer_original(model,
         input_ids=inputs["input_ids"][1:, :3], attention_mask=inputs["attention_mask"][1:, :3],
         pixel_values=inputs["pixel_values"][1:], num_beams=3, max_length=4, num_return_sequences=2,
     )  # fmt: skip
@@ -160,8 +162,8 @@ def test_rank_answers_matches_brute_force(inputs):
     model = build(MPLUGForQuestionAnswering)
     candidates = torch.tensor([[101, 60, 102, 0], [101, 61, 62, 102], [101, 63, 102, 0], [101, 64, 102, 0]])
     mask = (candidates != 0).long()
-    ids, probs = model.rank_answers(
-        inputs["input_ids"], inputs["pixel_values"], candidates, mask, inputs["attention_mask"], k=4
+    ids, probs = rank_answers(
+        model, inputs["input_ids"], inputs["pixel_values"], candidates, mask, inputs["attention_mask"], k=4
     )
     with torch.no_grad():
         for b in range(2):
@@ -185,16 +187,16 @@ def test_rank_answers_bad_input(inputs):
     model = build(MPLUGForQuestionAnswering)
     candidates = torch.tensor([[101, 60, 102]])
     with pytest.raises(ValueError, match="empty"):
-        model.rank_answers(inputs["input_ids"], inputs["pixel_values"], candidates[:0], candidates[:0], k=1)
+        rank_answers(model, inputs["input_ids"], inputs["pixel_values"], candidates[:0], candidates[:0], k=1)
     with pytest.raises(ValueError, match="k=2"):
-        model.rank_answers(inputs["input_ids"], inputs["pixel_values"], candidates, torch.ones_like(candidates), k=2)
+        rank_answers(model, inputs["input_ids"], inputs["pixel_values"], candidates, torch.ones_like(candidates), k=2)
 
 
 def test_retrieve_equals_full_itm_matrix_when_k_covers_everything(inputs):
     model = build(MPLUGForRetrieval)
     texts = torch.tensor([[101, 5, 6, 0], [101, 7, 0, 0], [101, 8, 9, 10]])
     mask = (texts != 0).long()
-    i2t, t2i = model.retrieve(inputs["pixel_values"], texts, mask, k=10)
+    i2t, t2i = retrieve(model, inputs["pixel_values"], texts, mask, k=10)
     with torch.no_grad():
         full = torch.zeros(2, 3)
         for i in range(2):
@@ -207,7 +209,7 @@ def test_retrieve_equals_full_itm_matrix_when_k_covers_everything(inputs):
                 full[i, j] = out.itm_logits[0, 1]
     torch.testing.assert_close(i2t, full, atol=1e-5, rtol=0)
     torch.testing.assert_close(t2i, full.t(), atol=1e-5, rtol=0)
-    i2t_top1, _ = model.retrieve(inputs["pixel_values"], texts, mask, k=1)
+    i2t_top1, _ = retrieve(model, inputs["pixel_values"], texts, mask, k=1)
     assert ((i2t_top1 == -100).sum(dim=1) == 2).all()
     # video retrieval's score: ITM + ITC similarity
     with torch.no_grad():
@@ -215,7 +217,7 @@ def test_retrieve_equals_full_itm_matrix_when_k_covers_everything(inputs):
             model.get_image_features(inputs["pixel_values"]).pooler_output
             @ model.get_text_features(texts, mask).pooler_output.t()
         )
-    i2t_sum, t2i_sum = model.retrieve(inputs["pixel_values"], texts, mask, k=10, add_itc=True)
+    i2t_sum, t2i_sum = retrieve(model, inputs["pixel_values"], texts, mask, k=10, add_itc=True)
     torch.testing.assert_close(i2t_sum, full + sims, atol=1e-5, rtol=0)
     torch.testing.assert_close(t2i_sum, (full + sims).t(), atol=1e-5, rtol=0)
 
@@ -238,9 +240,9 @@ def test_grounding_box_token_round_trip():
     assert tokens.tolist() == [[501, 501 + 64, 501 + 32, 501 + 16]]
 
 
-def test_grounding_predict_boxes_and_bad_labels(inputs):
+def test_grounding_greedy_boxes_and_bad_labels(inputs):
     model = build(MPLUGForGrounding)
-    boxes = model.predict_boxes(**inputs)
+    boxes = model(**inputs).pred_boxes
     assert boxes.shape == (2, 4) and ((boxes >= 0) & (boxes <= 1)).all()
     pixel = MPLUGImageProcessor(size={"height": 32, "width": 32}).post_process_grounding(
         boxes, torch.tensor([[60, 80], [100, 50]])

@@ -176,9 +176,9 @@ with torch.no_grad():
         retrieval = AutoModel.from_pretrained(folders["retrieval"], trust_remote_code=True)
         outputs["retrieval.memory"] = retrieval(**question_inputs).last_hidden_state
         grounding = AutoModel.from_pretrained(folders["grounding"], trust_remote_code=True)
-        outputs["grounding.boxes"] = grounding.predict_boxes(
+        outputs["grounding.boxes"] = grounding(
             inputs["input_ids"], inputs["grounding_pixel_values"], inputs["attention_mask"]
-        )
+        ).pred_boxes
 answerer = pipeline("image-text-to-text", model=folders["vqa"], trust_remote_code=True, device="cpu")
 texts["vqa.pipeline"] = answerer(image, text=job["question"], return_full_text=False)
 if "retrieval" in folders:
@@ -249,9 +249,9 @@ def test_every_head_and_the_cards_remote_snippets_without_mplug_hf(exports, proc
         assert torch.equal(remote["vqa.memory"], vqa.mplug(**question).last_hidden_state)
         assert torch.equal(remote["caption.generated"], captioner.generate(pixel_values=question["pixel_values"]))
         assert torch.equal(remote["retrieval.memory"], retrieval.mplug(**question).last_hidden_state)
-        boxes = grounding.predict_boxes(
+        boxes = grounding(
             question["input_ids"], inputs["grounding_pixel_values"], question["attention_mask"]
-        )
+        ).pred_boxes
         assert torch.equal(remote["grounding.boxes"], boxes)
     classify = pipeline(
         "zero-shot-image-classification",

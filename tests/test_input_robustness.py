@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from mplug_hf import MPLUGImageProcessor, MPLUGProcessor
+from mplug_hf.scoring import choose, rank_answers, retrieve, score_yes_no
 
 
 PROCESSOR = MPLUGProcessor(MPLUGImageProcessor(image_size=32))
@@ -129,30 +130,30 @@ def test_scoring_arguments_are_checked(tiny_heads, questions):
     args = (inputs["input_ids"], inputs["pixel_values"], candidates["input_ids"], candidates["attention_mask"])
     for k in (True, 2.5, 0, 4):
         with pytest.raises(ValueError, match=rf"k={k!r} must be an integer between 1 and the number of candidates"):
-            vqa.rank_answers(*args, attention_mask=inputs["attention_mask"], k=k)
+            rank_answers(vqa, *args, attention_mask=inputs["attention_mask"], k=k)
     with pytest.raises(ValueError, match=r"candidate_ids holds ids outside the vocabulary \[0, 30522\)"):
-        vqa.rank_answers(*args[:2], args[2] + 40000, args[3], k=2)
+        rank_answers(vqa, *args[:2], args[2] + 40000, args[3], k=2)
     with pytest.raises(ValueError, match="candidate_ids must be an integer tensor"):
-        vqa.rank_answers(*args[:2], args[2].float(), args[3], k=2)
+        rank_answers(vqa, *args[:2], args[2].float(), args[3], k=2)
     # an all-padding candidate row was ranked among the answers
     with pytest.raises(ValueError, match=r"candidates \[1\] attend fewer than 2 tokens"):
-        vqa.rank_answers(*args[:3], args[3].index_fill(0, torch.tensor([1]), 0), k=2)
+        rank_answers(vqa, *args[:3], args[3].index_fill(0, torch.tensor([1]), 0), k=2)
     yes, no = PROCESSOR.tokenizer.convert_tokens_to_ids(["yes", "no"])
     with pytest.raises(ValueError, match="yes_token_id and no_token_id are the same id"):
-        vqa.score_yes_no(inputs["input_ids"], inputs["pixel_values"], yes, yes, inputs["attention_mask"])  # was 0.5
+        score_yes_no(vqa, inputs["input_ids"], inputs["pixel_values"], yes, yes, inputs["attention_mask"])  # was 0.5
     with pytest.raises(ValueError, match="yes_token_id must be a token id"):
-        vqa.score_yes_no(inputs["input_ids"], inputs["pixel_values"], float(yes), no, inputs["attention_mask"])
-    as_tensors = vqa.score_yes_no(
-        inputs["input_ids"], inputs["pixel_values"], torch.tensor(yes), np.int64(no), inputs["attention_mask"]
+        score_yes_no(vqa, inputs["input_ids"], inputs["pixel_values"], float(yes), no, inputs["attention_mask"])
+    as_tensors = score_yes_no(
+        vqa, inputs["input_ids"], inputs["pixel_values"], torch.tensor(yes), np.int64(no), inputs["attention_mask"]
     )
-    as_ints = vqa.score_yes_no(inputs["input_ids"], inputs["pixel_values"], yes, no, inputs["attention_mask"])
+    as_ints = score_yes_no(vqa, inputs["input_ids"], inputs["pixel_values"], yes, no, inputs["attention_mask"])
     torch.testing.assert_close(as_tensors, as_ints)
     choices = torch.tensor([[[101, yes, 102], [101, no, 102]]] * 2)
     with pytest.raises(ValueError, match="choice_ids holds ids outside the vocabulary"):
-        vqa.choose(inputs["input_ids"], inputs["pixel_values"], choices + 40000, torch.ones_like(choices))
+        choose(vqa, inputs["input_ids"], inputs["pixel_values"], choices + 40000, torch.ones_like(choices))
     for k in (2.5, True):
         with pytest.raises(ValueError, match=rf"k must be an integer >= 1, got {k!r}"):
-            retrieval.retrieve(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], k=k)
+            retrieve(retrieval, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], k=k)
 
 
 def test_vqa_and_grounding_pipeline_arguments_are_checked(tiny_heads, questions):

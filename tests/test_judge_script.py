@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from mplug_hf import MPLUGForQuestionAnswering, MPLUGImageProcessor, MPLUGProcessor
+from mplug_hf.scoring import score_yes_no
 from tests.conftest import tiny_config
 
 
@@ -67,7 +68,7 @@ def test_judge_rows_match_the_model_api(workspace):
     processor = MPLUGProcessor.from_pretrained(workspace / "model")
     inputs = processor(images=Image.open(workspace / "red.png").convert("RGB"), text="is the image red?")
     yes, no = processor.tokenizer.convert_tokens_to_ids(["yes", "no"])
-    expected = model.score_yes_no(**inputs, yes_token_id=yes, no_token_id=no)
+    expected = score_yes_no(model, **inputs, yes_token_id=yes, no_token_id=no)
     assert abs(rows[0]["p_yes"] - expected.item()) < 1e-5
 
 

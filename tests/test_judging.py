@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from mplug_hf import MPLUGForQuestionAnswering, fused_attention
+from mplug_hf.original_generation import generate_answer_original
+from mplug_hf.scoring import choose, score_yes_no
 from tests.conftest import tiny_config
 
 
@@ -52,8 +54,8 @@ def count_vision_calls(model):
 
 def test_score_yes_no_equals_per_question_decoding(model, questions):
     calls = count_vision_calls(model)
-    first_token = model.score_yes_no(**questions, yes_token_id=YES, no_token_id=NO)
-    full = model.score_yes_no(**questions, yes_token_id=YES, no_token_id=NO, full_sequence=True)
+    first_token = score_yes_no(model, **questions, yes_token_id=YES, no_token_id=NO)
+    full = score_yes_no(model, **questions, yes_token_id=YES, no_token_id=NO, full_sequence=True)
     assert calls == [2, 2], "each image must be encoded once per call, not once per question"
     for q in range(5):
         image = questions["pixel_values"][questions["image_indices"][q]].unsqueeze(0)
@@ -81,8 +83,8 @@ def test_choose_equals_brute_force_and_skips_padding_options(model, questions):
     calls = count_vision_calls(model)
     for normalize in (False, True):
         calls.clear()
-        choice, scores = model.choose(
-            **questions, choice_ids=choice_ids, choice_attention_mask=mask, length_normalize=normalize
+        choice, scores = choose(
+            model, **questions, choice_ids=choice_ids, choice_attention_mask=mask, length_normalize=normalize
         )
         assert calls == [2], "each image must be encoded once per call"
         for q, pair in enumerate(options):
@@ -100,13 +102,14 @@ def test_choose_equals_brute_force_and_skips_padding_options(model, questions):
 
 def test_judging_rejects_bad_indices(model, questions):
     with pytest.raises(ValueError, match="image_indices must lie"):
-        model.score_yes_no(
-            **{**questions, "image_indices": torch.tensor([0, 0, 0, 1, 2])}, yes_token_id=1, no_token_id=2
+        score_yes_no(
+            model, **{**questions, "image_indices": torch.tensor([0, 0, 0, 1, 2])}, yes_token_id=1, no_token_id=2
         )
     with pytest.raises(ValueError, match="batch size mismatch"):
-        model.score_yes_no(**{**questions, "image_indices": None}, yes_token_id=1, no_token_id=2)
+        score_yes_no(model, **{**questions, "image_indices": None}, yes_token_id=1, no_token_id=2)
     with pytest.raises(ValueError, match="at least one non-empty option"):
-        model.choose(
+        choose(
+            model,
             **questions,
             choice_ids=torch.zeros(5, 2, 3, dtype=torch.long),
             choice_attention_mask=torch.zeros(5, 2, 3, dtype=torch.long),
@@ -183,7 +186,7 @@ def test_vqa_judge_answers_equal_one_pipeline_call_per_question(stride_layer):
     model.set_attn_implementation("sdpa")
     for image, question, result, quick in zip(image_indices, questions, batched, fast):
         input_ids, attention_mask = judge.encode_questions([question])
-        output = model.generate_original(input_ids, judge.pixel_values([images[image]]), attention_mask)
+        output = generate_answer_original(model, input_ids, judge.pixel_values([images[image]]), attention_mask)
         expected = processor.tokenizer.decode(
             output.sequences[0, 0, : int(output.lengths[0, 0])].tolist(),
             skip_special_tokens=True,
@@ -191,8 +194,8 @@ def test_vqa_judge_answers_equal_one_pipeline_call_per_question(stride_layer):
         )
         assert result["answer"] == expected
         assert abs(quick["p_yes"] - result["p_yes"]) < 1e-5
-        p_yes = model.score_yes_no(
-            input_ids, judge.pixel_values([images[image]]), judge.yes_id, judge.no_id, attention_mask
+        p_yes = score_yes_no(
+            model, input_ids, judge.pixel_values([images[image]]), judge.yes_id, judge.no_id, attention_mask
         )
         assert abs(result["p_yes"] - p_yes.item()) < 1e-5
     answers = [result["answer"] for result in batched]

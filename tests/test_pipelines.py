@@ -26,6 +26,7 @@ from mplug_hf import (
     VisualQuestionAnsweringPipeline,
 )
 from mplug_hf.processing_mplug import VOCAB_FILE
+from mplug_hf.scoring import rank_answers, score_yes_no
 from tests.conftest import tiny_config
 
 
@@ -141,7 +142,7 @@ def test_vqa_pipeline_ranks_candidate_answers_with_rank_answers(vqa_pipe, vqa_mo
     result = vqa_pipe(pictures, QUESTIONS, candidate_answers=candidates, top_k=4, batch_size=2)
     inputs = processor(images=pictures, text=QUESTIONS)
     encoded = processor.encode_targets(candidates)
-    indices, probs = vqa_model.rank_answers(
+    indices, probs = rank_answers(vqa_model,
         inputs["input_ids"], inputs["pixel_values"], encoded["input_ids"], encoded["attention_mask"],
         attention_mask=inputs["attention_mask"], k=4,
     )  # fmt: skip
@@ -158,7 +159,7 @@ def test_vqa_pipeline_yes_no_scores_are_score_yes_no(vqa_pipe, vqa_model, proces
     result = vqa_pipe(pictures, QUESTIONS, yes_no=True, top_k=2, batch_size=2)
     inputs = processor(images=pictures, text=QUESTIONS)
     yes, no = processor.tokenizer.convert_tokens_to_ids(["yes", "no"])
-    p_yes = vqa_model.score_yes_no(**inputs, yes_token_id=yes, no_token_id=no)
+    p_yes = score_yes_no(vqa_model, **inputs, yes_token_id=yes, no_token_id=no)
     for row, answers in enumerate(result):
         scores = {item["answer"]: item["score"] for item in answers}
         assert scores["yes"] == pytest.approx(p_yes[row].item(), abs=1e-5)
@@ -212,7 +213,7 @@ def test_vqa_pipeline_serves_other_generative_vqa_models(blip, images):
     assert len(result) == len(expected)
     for item in result:
         assert item["score"] == pytest.approx(expected[item["answer"]], rel=1e-4)
-    with pytest.raises(ValueError, match="rank_answers"):
+    with pytest.raises(ValueError, match="candidate_answers needs a VQA model"):
         vqa(pictures[1], QUESTIONS[1], candidate_answers=["yes", "no"])
 
 
@@ -321,7 +322,7 @@ def test_zero_shot_image_classification_pipeline_uses_logits_per_image(tmp_path,
     assert {item["label"]: item["score"] for item in result} == pytest.approx(expected, abs=1e-6)
 
 
-def test_grounding_pipeline_returns_pixel_boxes_of_predict_boxes(processor, images):
+def test_grounding_pipeline_returns_pixel_boxes_of_the_greedy_boxes(processor, images):
     pictures, paths = images
     model = build(MPLUGForGrounding)
     grounder = VisualGroundingPipeline(model=model, processor=processor, device="cpu")
@@ -329,11 +330,11 @@ def test_grounding_pipeline_returns_pixel_boxes_of_predict_boxes(processor, imag
     result = grounder(paths[1], query=query)
     image_inputs = processor.image_processor(pictures[1], mode="grounding")
     text_inputs = processor.encode_text(query)  # `[CLS] query`, the processor's (original) convention
-    normalised = model.predict_boxes(
+    normalised = model(
         input_ids=text_inputs["input_ids"],
         pixel_values=image_inputs["pixel_values"],
         attention_mask=text_inputs["attention_mask"],
-    )
+    ).pred_boxes
     expected = processor.post_process_grounding(normalised, image_inputs["image_sizes"])[0]
     box = result["box"]
     assert [box["xmin"], box["ymin"], box["xmax"], box["ymax"]] == pytest.approx(expected.tolist(), abs=1e-4)

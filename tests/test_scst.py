@@ -7,7 +7,7 @@ import torch
 
 from mplug_hf import MPLUGForCaptioning, MPLUGProcessor
 from mplug_hf.evaluation.caption import CiderD
-from mplug_hf.original_generation import original_beam_search
+from mplug_hf.original_generation import generate_caption_original, original_beam_search
 from mplug_hf.scst import self_critical_loss
 from tests.conftest import tiny_config
 
@@ -79,7 +79,7 @@ def test_prompt_tokens_are_not_scored(model, inputs):
         model, MPLUGProcessor(), inputs["pixel_values"], REFERENCES, num_beams=2, min_length=1, max_length=4,
         prompt_ids=prompt,
     )  # fmt: skip
-    beams = model.generate_original(inputs["pixel_values"], prompt, num_beams=2, min_length=1, max_length=4,
+    beams = generate_caption_original(model, inputs["pixel_values"], prompt, num_beams=2, min_length=1, max_length=4,
                                     num_return_sequences=2)  # fmt: skip
     torch.testing.assert_close(out.scores.detach(), beams.scores, atol=1e-4, rtol=1e-4)
 

@@ -5,6 +5,7 @@ for bit, a killed and resumed run equals an uninterrupted one, and a broken imag
 import importlib.util
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import torch
 from PIL import Image
 
 from mplug_hf import MPLUGForQuestionAnswering, MPLUGImageProcessor, MPLUGProcessor
+from mplug_hf.original_generation import generate_answer_original
+from mplug_hf.scoring import score_yes_no
 from mplug_hf.t2i_benchmarks import VQAJudge, apply_dependencies, apply_dependencies_official, read_dpg_csv
 from tests.conftest import tiny_config
 
@@ -209,7 +212,7 @@ def expected_fixed(csv_path, detail, files):
 
 def test_judge_equals_the_per_question_pipeline(workspace):
     """The batched answers equal one ModelScope-style call per (crop, question): its preprocessing and
-    `generate_original` on one crop and one `[CLS] question [SEP]`."""
+    `generate_*_original` on one crop and one `[CLS] question [SEP]`."""
     model = MPLUGForQuestionAnswering.from_pretrained(workspace / "model").eval()
     processor = MPLUGProcessor.from_pretrained(workspace / "model")
     judge = VQAJudge(model, processor)
@@ -222,14 +225,20 @@ def test_judge_equals_the_per_question_pipeline(workspace):
     for (crop, question), result in zip(pairs, batched):
         encoded = processor.tokenizer(question.lower(), truncation=True, max_length=25, return_tensors="pt")
         pixel_values = processor(images=crops[crop])["pixel_values"]
-        output = model.generate_original(
-            encoded["input_ids"], pixel_values, encoded["attention_mask"], num_beams=5, min_length=1, max_length=10
+        output = generate_answer_original(
+            model,
+            encoded["input_ids"],
+            pixel_values,
+            encoded["attention_mask"],
+            num_beams=5,
+            min_length=1,
+            max_length=10,
         )
         expected = processor.tokenizer.decode(
             output.sequences[0, 0].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=True
         )
         assert result["answer"] == expected
-        p_yes = model.score_yes_no(encoded["input_ids"], pixel_values, yes, no, encoded["attention_mask"])
+        p_yes = score_yes_no(model, encoded["input_ids"], pixel_values, yes, no, encoded["attention_mask"])
         assert abs(result["p_yes"] - p_yes.item()) < 1e-5
     assert {r["answer"] for r in batched} & {"yes"} and len({r["answer"] for r in batched}) > 1
 
@@ -458,9 +467,11 @@ def test_dpg_benchmark_row_runs_and_both_sides_answer_alike(stride_layer):
     )  # fmt: skip
     (result,) = dpg_scoring(config, settings)
     assert result.title.endswith(f"S={stride_layer or config.stride_layer}")
-    assert [row.speedup for row in result.rows][0] == 1.0 and len(result.rows) == 2 + len(PRECISIONS)  # + bf16 rows
+    # per question; batched (string rule) and batched p_yes, each with its bf16 rows
+    assert [row.speedup for row in result.rows][0] == 1.0 and len(result.rows) == 1 + 2 * (1 + len(PRECISIONS))
     assert "answer strings equal: 24/24" in result.notes[0]
-    assert all("answers equal to float32's: " in note for note in result.notes[1:])
+    assert re.fullmatch(r"p_yes decisions equal to the string rule's \(answer == 'yes'\): \d+/24", result.notes[1])
+    assert all("answers equal to float32's: " in note for note in result.notes[2:])
 
 
 if __name__ == "__main__":

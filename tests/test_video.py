@@ -21,6 +21,8 @@ from mplug_hf import (
 from mplug_hf.evaluation import compute_caption_metrics, retrieval_metrics
 from mplug_hf.evaluation.runner import prompt_token_ids
 from mplug_hf.image_processing_mplug import sample_frame_indices, sample_frames
+from mplug_hf.original_generation import generate_caption_original
+from mplug_hf.scoring import rank_answers, retrieve
 from tests.conftest import tiny_config
 from tests.test_conversion import close, convert, same_sequences
 from tests.test_evaluation_scripts import load_head, load_script, read_json, save_tiny_heads, write_json
@@ -62,7 +64,7 @@ def test_video_qa_encodes_concatenated_frames_and_ranks_answers_as_the_original(
     close(encoded.fused_image_states, g["video.fusion_image_output"], 1e-5)
     close(encoded.fused_text_states, g["video.fusion_text_output"], 1e-5)
     candidates = video_processor.encode_targets(ANSWER_LIST)
-    ids, probs = model.rank_answers(
+    ids, probs = rank_answers(model,
         pixel_values=frames, candidate_ids=candidates["input_ids"],
         candidate_attention_mask=candidates["attention_mask"], k=3, **questions,
     )  # fmt: skip
@@ -90,7 +92,7 @@ def test_video_caption_from_the_vatex_prompt_matches_the_original(ref, video_pro
     # The VATEX model starts from "[CLS] a picture": the original drops the prompt's last word.
     prompt = prompt_token_ids(video_processor, "a picture of", drop_last_token=True)
     assert prompt.tolist() == g["video.caption.beam.trace.step00.input_ids"][:1].tolist()
-    beams = model.generate_original(frames, prompt.expand(2, -1), num_beams=3, min_length=2, max_length=10)
+    beams = generate_caption_original(model, frames, prompt.expand(2, -1), num_beams=3, min_length=2, max_length=10)
     same_sequences(beams, g["video.caption.beam.sequences"], g["video.caption.beam.lengths"])
     close(beams.scores, g["video.caption.beam.scores"], 1e-4)
 
@@ -121,8 +123,8 @@ def test_one_frame_videos_equal_images_in_every_head(inputs):
     candidates = torch.tensor([[101, 20, 102], [101, 21, 102], [101, 22, 23]])
     with torch.no_grad():
         vqa = MPLUGForQuestionAnswering(config).eval()
-        video_ids, video_probs = vqa.rank_answers(ids, videos, candidates, torch.ones_like(candidates), mask, k=2)
-        image_ids, image_probs = vqa.rank_answers(ids, images, candidates, torch.ones_like(candidates), mask, k=2)
+        video_ids, video_probs = rank_answers(vqa, ids, videos, candidates, torch.ones_like(candidates), mask, k=2)
+        image_ids, image_probs = rank_answers(vqa, ids, images, candidates, torch.ones_like(candidates), mask, k=2)
         assert video_ids.tolist() == image_ids.tolist()
         close(video_probs, image_probs, 1e-6)
 
@@ -142,7 +144,7 @@ def test_one_frame_videos_equal_images_in_every_head(inputs):
         close(video_out.itm_logits, image_out.itm_logits, 1e-5)
 
         grounding = MPLUGForGrounding(config).eval()
-        close(grounding.predict_boxes(ids, videos, mask), grounding.predict_boxes(ids, images, mask), 0)
+        close(grounding(ids, videos, mask).pred_boxes, grounding(ids, images, mask).pred_boxes, 0)
 
 
 # --- uniform frame sampling ---------------------------------------------------------------------------------------
@@ -242,7 +244,7 @@ def test_video_qa_script_ranks_the_answer_list(tmp_path, frame_folders, model_di
     predictions = read_json(output / "vqa_result.json")
     model, processor = load_head(model_dirs, "vqa")
     candidates = processor.encode_targets(ANSWER_LIST)
-    top_ids, _ = model.rank_answers(
+    top_ids, _ = rank_answers(model,
         pixel_values=sampled_videos(tmp_path, frame_folders, 3, processor),
         candidate_ids=candidates["input_ids"], candidate_attention_mask=candidates["attention_mask"], k=4,
         **processor.encode_text([r["question"] for r in records]),
@@ -264,7 +266,7 @@ def test_video_captioning_script_starts_from_the_prompt(tmp_path, frame_folders,
     results = read_json(output / "caption_result.json")
     assert [r["image_id"] for r in results] == frame_folders
     model, processor = load_head(model_dirs, "caption")
-    beams = model.generate_original(
+    beams = generate_caption_original(model,
         sampled_videos(tmp_path, frame_folders, 2, processor), torch.tensor([[101, 1037, 3861]]).expand(3, -1),
         num_beams=2, min_length=2, max_length=4,
     )  # fmt: skip
@@ -293,7 +295,7 @@ def test_video_retrieval_script_scores_itm_plus_itc(tmp_path, frame_folders, mod
     model, processor = load_head(model_dirs, "retrieval")
     videos = sampled_videos(tmp_path, frame_folders, 3, processor)
     texts = processor.encode_text(captions, max_length=35, padding="max_length")
-    itm_i2t, itm_t2i = model.retrieve(videos, texts["input_ids"], texts["attention_mask"], k=2)
+    itm_i2t, itm_t2i = retrieve(model, videos, texts["input_ids"], texts["attention_mask"], k=2)
     with torch.no_grad():
         sims = model.get_image_features(videos).pooler_output @ model.get_text_features(**texts).pooler_output.t()
     # the original video evaluation: ITM + ITC on the top-k pairs, -100 elsewhere

@@ -328,7 +328,7 @@ class MPLUGGroundingDataCollator(MPLUGDataCollatorMixin):
     20 tokens), as the pipeline and the evaluation runner encode them.
     Boxes (`bbox`) are pixel `xyxy`, or COCO/RefCOCO `xywh` with `box_format="xywh"`; `labels` are the normalised
     (cx, cy, w, h) on the padded square. Without augmentation the processor's grounding mode gives the centred,
-    ImageNet-normalised square and `image_sizes` (for [`MPLUGForGrounding.predict_boxes`]); with a
+    ImageNet-normalised square and `image_sizes` (to map [`MPLUGForGrounding`]'s `pred_boxes` back); with a
     [`MPLUGGroundingAugmentation`] the image, box and query are augmented together.
     """
 

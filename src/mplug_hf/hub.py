@@ -242,12 +242,13 @@ print(classifier("example.jpg", candidate_labels=["a dog", "a cat", "a car"]))
 
 # image-text retrieval as the original evaluation: ITC top-k re-scored by the ITM head
 from mplug_hf import MPLUGForRetrieval, MPLUGProcessor
+from mplug_hf.scoring import retrieve
 
 model = MPLUGForRetrieval.from_pretrained("{repo_id}")
 processor = MPLUGProcessor.from_pretrained("{repo_id}")
 images = processor(images=["example.jpg"])["pixel_values"]
 texts = processor(text=["a dog running on the beach", "a red car parked on a street"])
-scores_i2t, scores_t2i = model.retrieve(images, texts["input_ids"], texts["attention_mask"], k=2)
+scores_i2t, scores_t2i = retrieve(model, images, texts["input_ids"], texts["attention_mask"], k=2)
 print(scores_i2t)"""
 RETRIEVAL_REMOTE = """from transformers import pipeline
 
@@ -256,7 +257,8 @@ print(classifier("example.jpg", candidate_labels=["a dog", "a cat", "a car"]))""
 GROUNDING_USAGE = """from mplug_hf import MPLUGForGrounding, MPLUGProcessor, VisualGroundingPipeline
 
 grounder = VisualGroundingPipeline(
-    model=MPLUGForGrounding.from_pretrained("{repo_id}"), processor=MPLUGProcessor.from_pretrained("{repo_id}")
+    model=MPLUGForGrounding.from_pretrained("{repo_id}"),
+    processor=MPLUGProcessor.from_pretrained("{repo_id}"),
 )
 print(grounder("example.jpg", query="the dog on the left"))  # a box in pixels of example.jpg"""
 GROUNDING_REMOTE = """from transformers import AutoModel, AutoProcessor
@@ -265,11 +267,11 @@ model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)
 processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
 image = processor.image_processor("example.jpg", mode="grounding")
 query = processor.tokenizer("the dog on the left", return_tensors="pt")
-boxes = model.predict_boxes(
+boxes = model(
     input_ids=query["input_ids"],
     attention_mask=query["attention_mask"],
     pixel_values=image["pixel_values"],
-)
+).pred_boxes
 print(processor.post_process_grounding(boxes, image["image_sizes"]))  # (x1, y1, x2, y2) in pixels"""
 PRETRAIN_USAGE = """from mplug_hf import MPLUGModel, MPLUGProcessor
 

@@ -612,7 +612,7 @@ class MPLUGImageProcessor(PilBackend):
 
     def post_process_grounding(self, pred_boxes, image_sizes=None) -> torch.Tensor:
         """
-        Turn [`MPLUGForGrounding.predict_boxes`] output into boxes of the input images, as OWL-ViT's
+        Turn the `pred_boxes` of [`MPLUGForGrounding`] into boxes of the input images, as OWL-ViT's
         `post_process_object_detection` does for its predictions.
 
         Args:

@@ -187,3 +187,60 @@ def original_beam_search(
         lengths=lengths.to(device),
         first_token_logits=first_token_logits,
     )
+
+
+@torch.no_grad()
+def generate_caption_original(
+    model,
+    pixel_values: torch.Tensor,
+    prompt_ids: torch.LongTensor | None = None,
+    num_beams: int = 5,
+    min_length: int = 8,
+    max_length: int = 25,
+    num_return_sequences: int = 1,
+) -> MPLUGBeamSearchOutput:
+    """
+    The original caption decoding of an [`MPLUGForCaptioning`] (beam 5, min 8, max 25 for COCO): the decoder attends
+    to the image tokens only. `prompt_ids` `(1 or batch, prompt_length)` starts every caption (e.g. "a picture of").
+    """
+    memory = model.vision_model(pixel_values, return_dict=True).last_hidden_state
+    if prompt_ids is not None and prompt_ids.shape[0] == 1 and memory.shape[0] > 1:
+        prompt_ids = prompt_ids.expand(memory.shape[0], -1)
+    return original_beam_search(
+        model.text_decoder, memory, None, prompt_ids, num_beams, min_length, max_length, num_return_sequences
+    )
+
+
+@torch.no_grad()
+def generate_answer_original(
+    model,
+    input_ids: torch.LongTensor,
+    pixel_values: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    num_beams: int = 5,
+    min_length: int = 1,
+    max_length: int = 10,
+    num_return_sequences: int = 1,
+    image_indices: torch.LongTensor | None = None,
+) -> MPLUGBeamSearchOutput:
+    """
+    The original VQA decoding of an [`MPLUGForQuestionAnswering`] (beam 5, min 1, max 10) over the fused memory of
+    each question; `image_indices[q]` is the image of question q when questions share images (each encoded once).
+    """
+    encoded = model.mplug(
+        input_ids=input_ids,
+        pixel_values=pixel_values,
+        attention_mask=attention_mask,
+        image_indices=image_indices,
+        return_dict=True,
+    )
+    return original_beam_search(
+        model.text_decoder,
+        encoded.last_hidden_state,
+        encoded.encoder_attention_mask,
+        None,
+        num_beams,
+        min_length,
+        max_length,
+        num_return_sequences,
+    )

@@ -17,6 +17,7 @@ from transformers.pipelines import PIPELINE_REGISTRY, REMOVED_TASKS
 
 from .image_processing_mplug import load_image
 from .processing_mplug import MPLUGProcessor
+from .scoring import rank_answers, score_yes_no
 
 
 TASK = "visual-question-answering"
@@ -36,6 +37,12 @@ def _load_pipeline_image(image):
 
 def _is_positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _answers_over_fused_memory(model) -> bool:
+    """Whether `model` is a VQA head (an encoder-decoder whose decoder reads the multimodal encoder's memory), as the
+    scoring functions need; a class check would miss the same head loaded as remote code."""
+    return getattr(model, "is_encoder_decoder_model", False) and getattr(model, "mplug", None) is not None
 
 
 def _validate_question(question) -> str:
@@ -171,8 +178,10 @@ class VisualQuestionAnsweringPipeline(Pipeline):
         if yes_no:
             if candidate_answers is not None:
                 raise ValueError("pass either yes_no=True or candidate_answers, not both")
-            if not hasattr(self.model, "score_yes_no"):
-                raise ValueError(f"yes_no needs a model with score_yes_no; {type(self.model).__name__} has none")
+            if not _answers_over_fused_memory(self.model):
+                raise ValueError(
+                    f"yes_no needs a VQA model (MPLUGForQuestionAnswering), got {type(self.model).__name__}"
+                )
             forward_params["yes_no"] = True
             postprocess_params["yes_no"] = True
         if num_rescored_candidates is not None:
@@ -186,9 +195,9 @@ class VisualQuestionAnsweringPipeline(Pipeline):
         return {}, forward_params, postprocess_params
 
     def _encode_candidates(self, candidate_answers):
-        if not hasattr(self.model, "rank_answers"):
+        if not _answers_over_fused_memory(self.model):
             raise ValueError(
-                f"candidate_answers needs a model with rank_answers; {type(self.model).__name__} has none"
+                f"candidate_answers needs a VQA model (MPLUGForQuestionAnswering), got {type(self.model).__name__}"
             )
         if not hasattr(self.processor, "encode_targets"):
             raise ValueError("candidate_answers needs the model's processor (MPLUGProcessor) to encode the answers")
@@ -241,7 +250,8 @@ class VisualQuestionAnsweringPipeline(Pipeline):
     ):
         if yes_no:
             yes_id, no_id = (self.tokenizer or self.processor.tokenizer).convert_tokens_to_ids(["yes", "no"])
-            p_yes = self.model.score_yes_no(
+            p_yes = score_yes_no(
+                self.model,
                 input_ids=model_inputs["input_ids"],
                 pixel_values=model_inputs["pixel_values"],
                 attention_mask=model_inputs.get("attention_mask"),
@@ -281,7 +291,8 @@ class VisualQuestionAnsweringPipeline(Pipeline):
         if not 1 <= rescored <= num_candidates:
             raise ValueError(f"num_rescored_candidates={rescored} must be between 1 and {num_candidates}")
         candidates = candidates.to(self.device)
-        indices, probs = self.model.rank_answers(
+        indices, probs = rank_answers(
+            self.model,
             input_ids=model_inputs["input_ids"],
             pixel_values=model_inputs["pixel_values"],
             attention_mask=model_inputs.get("attention_mask"),
@@ -337,7 +348,7 @@ class VisualGroundingPipeline(Pipeline):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if not hasattr(self.model, "predict_boxes"):
+        if not hasattr(self.model, "decode_boxes_greedily"):
             raise ValueError(f"{type(self.model).__name__} is not a grounding model; use MPLUGForGrounding")
         if self.processor is None:
             raise ValueError("pass the model's processor (MPLUGProcessor)")
@@ -380,11 +391,11 @@ class VisualGroundingPipeline(Pipeline):
         return model_inputs.to(self.dtype)
 
     def _forward(self, model_inputs):
-        boxes = self.model.predict_boxes(
+        boxes = self.model(
             input_ids=model_inputs["input_ids"],
             pixel_values=model_inputs["pixel_values"],
             attention_mask=model_inputs["attention_mask"],
-        )
+        ).pred_boxes
         return {"boxes": self.processor.post_process_grounding(boxes, model_inputs["image_sizes"])}
 
     def postprocess(self, model_outputs):

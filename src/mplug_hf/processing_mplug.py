@@ -227,7 +227,7 @@ class MPLUGProcessor(ProcessorMixin):
 
     def post_process_grounding(self, pred_boxes, image_sizes=None) -> torch.Tensor:
         """
-        Pixel (x1, y1, x2, y2) boxes of the input images from [`MPLUGForGrounding.predict_boxes`]' normalised
+        Pixel (x1, y1, x2, y2) boxes of the input images from the normalised `pred_boxes` of [`MPLUGForGrounding`]
         (cx, cy, w, h) on the padded square; see [`MPLUGImageProcessor.post_process_grounding`].
         """
         return self.image_processor.post_process_grounding(pred_boxes, image_sizes)

@@ -13,7 +13,8 @@
 # limitations under the License.
 """
 Scoring with a trained mPLUG: closed-vocabulary answer ranking, yes/no probabilities, multiple choice and retrieval
-re-ranking. The heads' methods, the pipelines and the evaluation runner all call these functions.
+re-ranking. The pipelines, the evaluation runner and the judges call these functions; each takes the head and its
+inputs (or, to score one encoding several ways, `encoder_outputs`).
 """
 
 import operator
@@ -105,8 +106,29 @@ def image_shared_memories(
     return groups
 
 
+def encode_image_questions(model, input_ids, pixel_values, attention_mask=None, image_indices=None):
+    """The questions' [`MPLUGModelOutput`] from the head's multimodal encoder (each image encoded once when
+    `image_indices[q]` names the image of question q)."""
+    return model.mplug(
+        input_ids=input_ids,
+        pixel_values=pixel_values,
+        attention_mask=attention_mask,
+        image_indices=image_indices,
+        return_dict=True,
+    )
+
+
 @torch.no_grad()
-def rank_answers(model, encoder_outputs, candidate_ids, candidate_attention_mask, k: int = 128):
+def rank_answers(
+    model,
+    input_ids: torch.LongTensor | None,
+    pixel_values: torch.Tensor | None,
+    candidate_ids: torch.LongTensor,
+    candidate_attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    k: int = 128,
+    encoder_outputs=None,
+):
     """
     Closed-vocabulary answering as the original `rank_answer`: the probability of each candidate's first token after
     `[CLS]` selects the top `k` candidates; each is then scored by a teacher-forced pass,
@@ -114,7 +136,8 @@ def rank_answers(model, encoder_outputs, candidate_ids, candidate_attention_mask
     softmax over the `k` scores, sorted.
 
     Args:
-        model: an [`MPLUGForQuestionAnswering`]. encoder_outputs: its encoder's output for the questions.
+        model: an [`MPLUGForQuestionAnswering`]. input_ids, pixel_values, attention_mask: the questions and their
+            images, or `encoder_outputs`: the head's encoder output for them.
         candidate_ids, candidate_attention_mask: `(num_candidates, c_len)` candidates as `[CLS] answer [SEP]`.
         k: candidates re-scored per question (1 ≤ k ≤ num_candidates).
     Returns:
@@ -137,6 +160,8 @@ def rank_answers(model, encoder_outputs, candidate_ids, candidate_attention_mask
     empty = (candidate_attention_mask.sum(dim=1) < 2).nonzero().view(-1).tolist()
     if empty:
         raise ValueError(f"candidates {empty[:5]} attend fewer than 2 tokens ([CLS] answer): no answer to score")
+    if encoder_outputs is None:
+        encoder_outputs = encode_image_questions(model, input_ids, pixel_values, attention_mask)
     decoder = model.text_decoder
     memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
     first_probs = first_token_logits(decoder, memory, memory_mask).float().softmax(dim=-1)
@@ -150,11 +175,22 @@ def rank_answers(model, encoder_outputs, candidate_ids, candidate_attention_mask
 
 
 @torch.no_grad()
-def score_yes_no(model, encoder_outputs, yes_token_id: int, no_token_id: int, full_sequence: bool = False):
+def score_yes_no(
+    model,
+    input_ids: torch.LongTensor | None,
+    pixel_values: torch.Tensor | None,
+    yes_token_id: int,
+    no_token_id: int,
+    attention_mask: torch.Tensor | None = None,
+    image_indices: torch.LongTensor | None = None,
+    full_sequence: bool = False,
+    encoder_outputs=None,
+):
     """
     P(yes) of yes/no questions (the text-to-image judges' score). With `full_sequence=False` the first answer token
     decides: softmax of its logits restricted to {yes, no}; with `full_sequence=True` the likelihoods of the whole
     answers `[CLS] yes [SEP]` and `[CLS] no [SEP]` (the [SEP] term counts too, as when the original ranks answers).
+    Each image is encoded once for all its questions (`image_indices`).
 
     Returns:
         `(num_questions,)` probabilities of "yes".
@@ -171,6 +207,8 @@ def score_yes_no(model, encoder_outputs, yes_token_id: int, no_token_id: int, fu
     yes_token_id, no_token_id = token_ids["yes_token_id"], token_ids["no_token_id"]
     if yes_token_id == no_token_id:
         raise ValueError(f"yes_token_id and no_token_id are the same id ({yes_token_id}): P(yes) would be 0.5")
+    if encoder_outputs is None:
+        encoder_outputs = encode_image_questions(model, input_ids, pixel_values, attention_mask, image_indices)
     decoder = model.text_decoder
     memory, memory_mask = encoder_outputs.last_hidden_state, encoder_outputs.encoder_attention_mask
     if not full_sequence:
@@ -184,17 +222,30 @@ def score_yes_no(model, encoder_outputs, yes_token_id: int, no_token_id: int, fu
 
 
 @torch.no_grad()
-def choose(model, encoder_outputs, choice_ids, choice_attention_mask, length_normalize: bool = False):
+def choose(
+    model,
+    input_ids: torch.LongTensor | None,
+    pixel_values: torch.Tensor | None,
+    choice_ids: torch.LongTensor,
+    choice_attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    image_indices: torch.LongTensor | None = None,
+    length_normalize: bool = False,
+    encoder_outputs=None,
+):
     """
     Multiple choice by answer likelihood: every option of every question is scored in one decoder pass over the
     question's shared memory. The score is log p(`[CLS] option [SEP]`) summed over its tokens, or with
-    `length_normalize` the mean per token. Padding options (all-zero mask rows) are never chosen.
+    `length_normalize` the mean per token. Padding options (all-zero mask rows) are never chosen. Each image is encoded
+    once for all its questions (`image_indices`).
 
     Args:
         choice_ids, choice_attention_mask: `(num_questions, num_choices, c_len)` options as `[CLS] option [SEP]`.
     Returns:
         `(choice, scores)`: `(num_questions,)` best option and `(num_questions, num_choices)` scores (-inf: padding).
     """
+    if encoder_outputs is None:
+        encoder_outputs = encode_image_questions(model, input_ids, pixel_values, attention_mask, image_indices)
     num_questions = encoder_outputs.last_hidden_state.shape[0]
     if choice_ids.ndim != 3 or choice_ids.shape[0] != num_questions:
         raise ValueError(
@@ -261,3 +312,38 @@ def rerank_with_itm(
 
     similarities = similarities.float()  # bf16 similarities tie often: select and score in float32
     return one_direction(similarities, True), one_direction(similarities.t(), False)
+
+
+@torch.no_grad()
+def retrieve(
+    model,
+    pixel_values: torch.Tensor,
+    input_ids: torch.LongTensor,
+    attention_mask: torch.Tensor | None = None,
+    k: int = 256,
+    batch_size: int = 64,
+    add_itc: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Score every image against every text with an [`MPLUGForRetrieval`] as the original evaluation: ITC similarity
+    (no temperature) selects the top `k` per query, re-scored by ITM ([`rerank_with_itm`]); encoded `batch_size` at a
+    time.
+
+    Returns:
+        `(scores_i2t (num_images, num_texts), scores_t2i (num_texts, num_images))`.
+    """
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    images = [model.get_image_features(chunk, return_dict=True) for chunk in pixel_values.split(batch_size)]
+    texts = [
+        model.get_text_features(ids, mask, return_dict=True)
+        for ids, mask in zip(input_ids.split(batch_size), attention_mask.split(batch_size))
+    ]
+    image_states = torch.cat([output.last_hidden_state for output in images])
+    text_states = torch.cat([output.last_hidden_state for output in texts])
+    similarities = torch.cat([o.pooler_output for o in images]) @ torch.cat([o.pooler_output for o in texts]).t()
+    return rerank_with_itm(model, similarities, image_states, text_states, attention_mask, k, batch_size, add_itc)

@@ -36,7 +36,13 @@ from PIL import Image, ImageOps
 from .fused_attention import FUSED_ATTENTION
 from .io_utils import atomic_write_text
 from .original_generation import original_beam_search
-from .scoring import first_token_logits, fusion_keeps_image_tokens, image_shared_memories
+from .scoring import (
+    choose,
+    encode_image_questions,
+    first_token_logits,
+    fusion_keeps_image_tokens,
+    image_shared_memories,
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -68,7 +74,7 @@ class VQAJudge:
     Preprocessing as `MPlugPreprocessor`: the image converted to RGB, bicubic-resized to the model's square and
     CLIP-normalised (the [`MPLUGProcessor`] image transform); the question lower-cased and tokenized by BERT's own rule,
     `[CLS] question [SEP]`, truncated to 25 tokens. Decoding as `MPlugForAllTasks`: the original beam search (beam 5,
-    min length 1, max length 10, length penalty ((5+step)/6)^0.6; `generate_original`'s algorithm) and the best
+    min length 1, max length 10, length penalty ((5+step)/6)^0.6; `generate_*_original`'s algorithm) and the best
     hypothesis decoded with `skip_special_tokens=True`.
 
     Batching: `pixel_values` holds each image once; each image is encoded once and fused with every question asking
@@ -120,7 +126,7 @@ class VQAJudge:
         """The decoder memory of every question, each image through the visual encoder once (`image_indices`)."""
         input_ids, attention_mask = self.encode_questions(questions)
         indices = torch.tensor(image_indices, dtype=torch.long, device=self.device)
-        return self.model.encode(input_ids, pixel_values, attention_mask, image_indices=indices)
+        return encode_image_questions(self.model, input_ids, pixel_values, attention_mask, indices)
 
     def decoder_memories(
         self, encoded, image_indices: list[int]
@@ -201,7 +207,8 @@ class VQAJudge:
             choice_mask[row, : len(options)] = targets["attention_mask"][offset : offset + len(options)]
             offset += len(options)
         input_ids, attention_mask = self.encode_questions(questions)
-        best, _ = self.model.choose(
+        best, _ = choose(
+            self.model,
             input_ids,
             self.pixel_values(images),
             choice_ids.to(self.device),

@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 from ..image_processing_mplug import load_image, sample_frames
 from ..io_utils import atomic_open, atomic_write_json
 from ..modeling_mplug import MPLUGForCaptioning, MPLUGForQuestionAnswering, MPLUGForRetrieval
+from ..original_generation import generate_answer_original, generate_caption_original
 from ..processing_mplug import MPLUGProcessor
-from ..scoring import rerank_with_itm
+from ..scoring import rank_answers, rerank_with_itm
 from .caption import _coco_caption_available as coco_caption_available
 from .caption import compute_caption_metrics
 from .grounding import grounding_accuracy
@@ -358,7 +359,7 @@ def answer_questions(
     """
     Answer every record's `question` about its image/video with a [`MPLUGForQuestionAnswering`]: pick from
     `answer_list` with `rank_answers` (top `k` by first-token probability, re-scored by the full answer), or generate
-    with the original beam search (`generate_original`, which reproduces the original's answers).
+    with the original beam search (`generate_*_original`, which reproduces the original's answers).
 
     Returns:
         `[{"question_id", "answer"}]` (the VQA result-file format); records without `question_id` get their index.
@@ -384,7 +385,8 @@ def answer_questions(
         for batch in runner.batches(list(enumerate(records)), collate, "answering"):
             inputs = {name: batch[name] for name in ("input_ids", "pixel_values", "attention_mask")}
             if candidates is not None:
-                top_ids, _ = model.rank_answers(
+                top_ids, _ = rank_answers(
+                    model,
                     candidate_ids=candidates["input_ids"],
                     candidate_attention_mask=candidates["attention_mask"],
                     k=k,
@@ -392,8 +394,8 @@ def answer_questions(
                 )
                 answers = [answer_list[index] for index in top_ids[:, 0].tolist()]
             else:
-                output = model.generate_original(
-                    **inputs, num_beams=num_beams, min_length=min_length, max_length=max_length
+                output = generate_answer_original(
+                    model, **inputs, num_beams=num_beams, min_length=min_length, max_length=max_length
                 )
                 answers = processor.batch_decode(output.sequences[:, 0], skip_special_tokens=True)
             results.extend(
@@ -477,7 +479,7 @@ def caption_visuals(
     max_length: int = 25,
 ) -> list[str]:
     """
-    Caption every image/video with a [`MPLUGForCaptioning`] and the original beam search (`generate_original`),
+    Caption every image/video with a [`MPLUGForCaptioning`] and the original beam search (`generate_*_original`),
     starting from `prompt` (see [`prompt_token_ids`] for `drop_last_prompt_token`). The prompt is removed from the
     front of each caption (the whole prompt when the model regenerated its dropped last word).
     """
@@ -498,8 +500,8 @@ def caption_visuals(
         for batch in runner.batches(visuals, collate, "captioning"):
             pixel_values = batch["pixel_values"]
             prompts = prompt_ids.expand(pixel_values.shape[0], -1) if prompt_ids is not None else None
-            output = model.generate_original(
-                pixel_values, prompts, num_beams=num_beams, min_length=min_length, max_length=max_length
+            output = generate_caption_original(
+                model, pixel_values, prompts, num_beams=num_beams, min_length=min_length, max_length=max_length
             )
             captions.extend(
                 _strip_prefix(text, prefixes)
@@ -598,7 +600,7 @@ def ground_phrases(runner: EvaluationRunner, records: Sequence[dict], max_length
     with torch.no_grad():
         for batch in runner.batches(records, collate, "grounding"):
             image_sizes = batch.pop("image_sizes")
-            boxes.append(runner.processor.post_process_grounding(runner.model.predict_boxes(**batch), image_sizes))
+            boxes.append(runner.processor.post_process_grounding(runner.model(**batch).pred_boxes, image_sizes))
     return torch.cat(boxes)
 
 
