@@ -189,6 +189,18 @@ def original_beam_search(
     )
 
 
+def encode_image_questions(model, input_ids, pixel_values, attention_mask=None, image_indices=None):
+    """The questions' [`MPLUGModelOutput`] from the head's multimodal encoder (each image encoded once when
+    `image_indices[q]` names the image of question q)."""
+    return model.mplug(
+        input_ids=input_ids,
+        pixel_values=pixel_values,
+        attention_mask=attention_mask,
+        image_indices=image_indices,
+        return_dict=True,
+    )
+
+
 @torch.no_grad()
 def generate_caption_original(
     model,
@@ -227,13 +239,7 @@ def generate_answer_original(
     The original VQA decoding of an [`MPLUGForQuestionAnswering`] (beam 5, min 1, max 10) over the fused memory of
     each question; `image_indices[q]` is the image of question q when questions share images (each encoded once).
     """
-    encoded = model.mplug(
-        input_ids=input_ids,
-        pixel_values=pixel_values,
-        attention_mask=attention_mask,
-        image_indices=image_indices,
-        return_dict=True,
-    )
+    encoded = encode_image_questions(model, input_ids, pixel_values, attention_mask, image_indices)
     return original_beam_search(
         model.text_decoder,
         encoded.last_hidden_state,

@@ -23,7 +23,7 @@ from collections import defaultdict
 import torch
 
 from .loss_mplug import answer_token_nll
-from .original_generation import decoder_memory_mask, items_per_memory_row
+from .original_generation import decoder_memory_mask, encode_image_questions, items_per_memory_row
 from .validation import validate_text_inputs
 
 
@@ -104,18 +104,6 @@ def image_shared_memories(
         image_part = text_mask.new_ones(len(images), count, num_image_tokens)
         groups.append((positions, memory, torch.cat([image_part, own_text.flatten(2)], dim=2)))
     return groups
-
-
-def encode_image_questions(model, input_ids, pixel_values, attention_mask=None, image_indices=None):
-    """The questions' [`MPLUGModelOutput`] from the head's multimodal encoder (each image encoded once when
-    `image_indices[q]` names the image of question q)."""
-    return model.mplug(
-        input_ids=input_ids,
-        pixel_values=pixel_values,
-        attention_mask=attention_mask,
-        image_indices=image_indices,
-        return_dict=True,
-    )
 
 
 @torch.no_grad()
