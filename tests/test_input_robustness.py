@@ -216,3 +216,33 @@ def test_collators_refuse_texts_they_would_misread():
         retrieval([{"image": image, "caption": ["a dog", "a cat"]}])
     with pytest.raises(ValueError, match="each 'image_id' must be a hashable id"):
         retrieval([{"image": image, "caption": "a dog", "image_id": [1]}])
+
+
+def test_task_functions_refuse_the_wrong_head_by_name(tiny_heads, questions):
+    from mplug_hf.original_generation import generate_answer_original, generate_caption_original
+
+    vqa, retrieval = tiny_heads
+    _, inputs = questions
+    ids, pixels = inputs["input_ids"], inputs["pixel_values"]
+    candidates = torch.tensor([[101, 2417, 102]])
+    calls = {
+        "retrieve needs a MPLUGForRetrieval, got MPLUGForQuestionAnswering": lambda: retrieve(vqa, pixels, ids),
+        "rank_answers needs a MPLUGForQuestionAnswering, got MPLUGForRetrieval": lambda: rank_answers(
+            retrieval, ids, pixels, candidates, torch.ones_like(candidates), k=1
+        ),
+        "score_yes_no needs a MPLUGForQuestionAnswering, got MPLUGForRetrieval": lambda: score_yes_no(
+            retrieval, ids, pixels, 2748, 2053
+        ),
+        "choose needs a MPLUGForQuestionAnswering, got MPLUGForRetrieval": lambda: choose(
+            retrieval, ids, pixels, candidates.unsqueeze(0).expand(2, -1, -1), torch.ones(2, 1, 3)
+        ),
+        "generate_answer_original needs a MPLUGForQuestionAnswering, got MPLUGForRetrieval": lambda: (
+            generate_answer_original(retrieval, ids, pixels)
+        ),
+        "generate_caption_original needs a MPLUGForCaptioning, got MPLUGForRetrieval": lambda: (
+            generate_caption_original(retrieval, pixels)
+        ),
+    }
+    for message, call in calls.items():
+        with pytest.raises(TypeError, match=message):
+            call()

@@ -24,7 +24,7 @@ import torch
 
 from .loss_mplug import answer_token_nll
 from .original_generation import decoder_memory_mask, encode_image_questions, items_per_memory_row
-from .validation import validate_text_inputs
+from .validation import check_head, validate_text_inputs
 
 
 def answer_log_likelihoods(decoder, memory, memory_mask, answer_ids, answer_mask) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,6 +131,7 @@ def rank_answers(
     Returns:
         `(topk_ids, topk_probs)`, each `(batch, k)`: indices into the candidate list, best first.
     """
+    check_head(model, "rank_answers", "MPLUGForQuestionAnswering", "mplug", "text_decoder")
     num_candidates = candidate_ids.shape[0] if candidate_ids is not None else 0
     if num_candidates == 0:
         raise ValueError("the candidate answer list is empty")
@@ -183,6 +184,7 @@ def score_yes_no(
     Returns:
         `(num_questions,)` probabilities of "yes".
     """
+    check_head(model, "score_yes_no", "MPLUGForQuestionAnswering", "mplug", "text_decoder")
     vocab_size = model.config.text_config.vocab_size
     token_ids = {}
     for name, token_id in (("yes_token_id", yes_token_id), ("no_token_id", no_token_id)):
@@ -232,6 +234,7 @@ def choose(
     Returns:
         `(choice, scores)`: `(num_questions,)` best option and `(num_questions, num_choices)` scores (-inf: padding).
     """
+    check_head(model, "choose", "MPLUGForQuestionAnswering", "mplug", "text_decoder")
     if encoder_outputs is None:
         encoder_outputs = encode_image_questions(model, input_ids, pixel_values, attention_mask, image_indices)
     num_questions = encoder_outputs.last_hidden_state.shape[0]
@@ -320,6 +323,7 @@ def retrieve(
     Returns:
         `(scores_i2t (num_images, num_texts), scores_t2i (num_texts, num_images))`.
     """
+    check_head(model, "retrieve", "MPLUGForRetrieval", "contrastive", "get_image_features")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if attention_mask.shape != input_ids.shape:

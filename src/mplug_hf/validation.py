@@ -156,3 +156,9 @@ def load_with_finite_weights(
         )
     warnings.warn(message, stacklevel=3)
     return loaded
+
+
+def check_head(model, function: str, expected: str, *attributes: str) -> None:
+    """A task function over a head refuses any other model by name (instead of an AttributeError deep inside)."""
+    if not all(hasattr(model, attribute) for attribute in attributes):
+        raise TypeError(f"{function} needs a {expected}, got {type(model).__name__}")
