@@ -171,6 +171,61 @@ def test_folded_cross_attention_equals_projected_cross_attention(attn_implementa
         torch.testing.assert_close(gradients[True][name], gradients[False][name], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "boolean", "additive"])
+def test_matmul_attention_follows_sdpa_conventions(mask_kind):
+    """The CPU half-precision kernel of `mplug_fused` equals sdpa for every mask sdpa receives (in float32, where
+    both are exact), gradients included."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.is_causal = mask_kind == "causal"
+    query, key, value = (torch.randn(2, 3, 5, 8, requires_grad=True) for _ in range(3))
+    mask = {
+        "none": None,
+        "causal": None,
+        "boolean": torch.rand(2, 1, 5, 5) > 0.4,
+        "additive": torch.randn(2, 1, 5, 5),
+    }[mask_kind]
+    if mask_kind == "boolean":
+        mask[..., 0] = True  # no fully masked row: sdpa gives NaN there
+    results = []
+    for attend in (sdpa_attention_forward, fused_attention.matmul_attention_forward):
+        output, weights = attend(module, query, key, value, mask, scaling=0.3)
+        assert weights is None
+        gradients = torch.autograd.grad(output.square().sum(), (query, key, value))
+        results.append((output, *gradients))
+    for ours, reference in zip(results[1], results[0]):
+        torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "dtype, expected",
+    [
+        (torch.bfloat16, "matmul_attention_forward"),
+        (torch.float16, "matmul_attention_forward"),
+        (torch.float32, "sdpa_attention_forward"),
+    ],
+)
+def test_fused_kernel_uses_matmuls_for_half_precision_on_the_cpu(dtype, expected):
+    """On the CPU, torch's flash kernel is slower than half-precision matmuls: `mplug_fused` takes them there and sdpa
+    otherwise, with the same outputs as eager attention in that dtype."""
+    calls = []
+    for name in ("matmul_attention_forward", "sdpa_attention_forward"):
+        original = getattr(fused_attention, name)
+        calls.append(patch.object(fused_attention, name, side_effect=original, autospec=True))
+    with calls[0] as matmul_kernel, calls[1] as sdpa_kernel:
+        torch.manual_seed(0)
+        module = torch.nn.Module().eval()
+        module.is_causal = False
+        query, key, value = (torch.randn(2, 3, 5, 8, dtype=dtype) for _ in range(3))
+        output, _ = fused_attention.fused_attention_forward(module, query, key, value, None, scaling=0.3)
+    used = {"matmul_attention_forward": matmul_kernel.call_count, "sdpa_attention_forward": sdpa_kernel.call_count}
+    assert used[expected] == 1 and sum(used.values()) == 1
+    reference = torch.softmax((query.float() @ key.float().transpose(2, 3)) * 0.3, -1) @ value.float()
+    torch.testing.assert_close(output.float(), reference.transpose(1, 2), atol=3e-2, rtol=3e-2)
+
+
 def test_fused_path_folds_only_when_cheaper_and_never_with_attention_dropout():
     config = tiny_config().text_config  # width 32, 4 heads
     # B·L·((H−1)·N + D) against I·N·D, with N = 17 image tokens

@@ -12,7 +12,8 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """
-`attn_implementation="mplug_fused"`: sdpa kernels everywhere, plus two exact shortcuts for cross-attention that only
+`attn_implementation="mplug_fused"`: sdpa kernels everywhere (half-precision matmuls on the CPU,
+[`fused_attention_forward`]), plus two exact shortcuts for cross-attention that only
 pay off because of mPLUG's structure. The model reaches them through one hook, [`cross_attention_shortcuts`], which
 returns `None` for every other implementation.
 
@@ -41,7 +42,42 @@ from transformers.modeling_utils import AttentionInterface
 
 
 FUSED_ATTENTION = "mplug_fused"
-AttentionInterface.register(FUSED_ATTENTION, sdpa_attention_forward)
+
+
+def matmul_attention_forward(
+    module, query, key, value, attention_mask, scaling, dropout=0.0, is_causal: bool | None = None, **kwargs
+):
+    """
+    softmax(q·kᵀ·scaling + mask)·v as two matmuls around a softmax in the inputs' dtype (torch's CPU softmax
+    accumulates half precision in float32), with sdpa's conventions: `attention_mask` is sdpa's (boolean, True =
+    attend, or additive), and without one a causal module (or `is_causal=True`) with several queries attends causally,
+    aligned top-left. Returns (batch, q_len, heads, head_dim) and None, as sdpa does.
+    """
+    logits = torch.matmul(query * scaling, key.transpose(2, 3))
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if attention_mask is None and is_causal and query.shape[2] > 1:
+        attention_mask = torch.ones(logits.shape[-2:], dtype=torch.bool, device=logits.device).tril()
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        logits = logits.masked_fill(~attention_mask, torch.finfo(logits.dtype).min)
+    elif attention_mask is not None:
+        logits = logits + attention_mask
+    probabilities = F.dropout(logits.softmax(dim=-1), p=dropout, training=module.training)
+    return torch.matmul(probabilities, value).transpose(1, 2).contiguous(), None
+
+
+def fused_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """
+    The `mplug_fused` kernel: sdpa, except for bfloat16/float16 on the CPU, where torch's flash kernel runs far below
+    the CPU's half-precision matmuls (measured with `avx512_bf16`, one thread: a folded VQA cross-attention 29 ms in
+    sdpa against 11 ms as [`matmul_attention_forward`], a decoding step 0.95 ms against 0.37 ms).
+    """
+    attend = sdpa_attention_forward
+    if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
+        attend = matmul_attention_forward
+    return attend(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+
+
+AttentionInterface.register(FUSED_ATTENTION, fused_attention_forward)
 AttentionMaskInterface.register(FUSED_ATTENTION, sdpa_mask)
 
 # An override replaces one cross-attention call: (attention module, queries, memory, mask, **kwargs) -> (output, None).
@@ -98,7 +134,7 @@ def attend_with_folded_projections(attention, hidden_states, memory, attention_m
     if attention_mask is not None:
         attention_mask = attention_mask[:, :, :1]  # it masks memory padding only: one row serves every query
     memory = memory.unsqueeze(1)
-    context, _ = sdpa_attention_forward(
+    context, _ = fused_attention_forward(
         attention, folded_query, memory, memory, attention_mask, dropout=0.0, scaling=attention.scaling, **kwargs
     )
     # (batch, heads, q_len, hidden) · W_v,hᵀ → (batch, heads, q_len, head_dim)
