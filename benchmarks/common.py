@@ -47,6 +47,7 @@ class BenchmarkSettings:
     seed: int = 0
     # lower-precision variants of each fast path, timed beside it (see PRECISIONS); float32 runs only
     precisions: tuple[str, ...] = ("bf16-weights", "bf16-autocast")
+    compile: bool = False  # the vision encoder also under torch.compile
 
 
 # What `--precisions` can add beside each fast path: the row label, and how the float32 model is turned into it.

@@ -87,6 +87,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=list(PRECISIONS),
         help="lower-precision variants timed beside each float32 fast path (default: all; none: pass no value)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the vision encoder under torch.compile (each precision; its compilation is the warm-up)",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -117,6 +122,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchmarkSettings:
         peak_tflops=args.peak_tflops,
         seed=args.seed,
         precisions=tuple(PRECISIONS) if args.precisions is None else tuple(args.precisions),
+        compile=args.compile,
     )
 
 

@@ -1,6 +1,8 @@
 """Benchmark 7: the visual encoder (CLIP ViT + projection to the text width) under each attention kernel, sdpa also
 in bfloat16, with its achieved FLOP/s and model FLOPs utilisation (MFU) against the device's peak."""
 
+import contextlib
+import copy
 import functools
 
 import torch
@@ -10,6 +12,7 @@ from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_availa
 from mplug_hf import MPLUGConfig, MPLUGModel
 
 from .common import (
+    PRECISIONS,
     BenchmarkResult,
     BenchmarkSettings,
     Side,
@@ -18,7 +21,9 @@ from .common import (
     measure,
     precision_notes,
     precision_sides,
+    precision_variant,
     random_images,
+    set_attention_implementation,
 )
 
 
@@ -78,6 +83,28 @@ def encoder_flops(encode, config: MPLUGConfig, batch_size: int) -> int:
     return counted + attention_flops(config, batch_size)
 
 
+def compiled_sides(model, pixel_values: torch.Tensor, settings: BenchmarkSettings, sides: dict) -> dict[str, Side]:
+    """The sdpa side and its precision variants again under `torch.compile`, each on its own copy of the model (the
+    benchmark switches the shared model's kernel, which would recompile), compiled by its warm-up call and compared
+    with float32 sdpa in eager mode."""
+    compiled = {}
+    for name in [name for name in sides if name.startswith("sdpa")]:
+        variant, context = copy.deepcopy(model), contextlib.nullcontext
+        precision = next((key for key, label in PRECISIONS.items() if name.endswith(label)), None)
+        if precision is not None:
+            variant, context = precision_variant(variant, precision, settings)
+        set_attention_implementation(variant.config, "sdpa")
+        encode = torch.compile(variant.get_image_features)
+
+        @torch.no_grad()
+        def run(encode=encode, context=context):
+            with context():
+                return encode(pixel_values).last_hidden_state
+
+        compiled[f"{name} · torch.compile"] = Side(run=run, float32_side="sdpa")
+    return compiled
+
+
 def vision_encoder(config: MPLUGConfig, settings: BenchmarkSettings) -> list[BenchmarkResult]:
     """The same images encoded by one model whose kernel is switched before each call; the work (FLOPs) is the same
     for every kernel: the matmuls and convolution counted by torch's `FlopCounterMode`, attention analytically
@@ -102,6 +129,8 @@ def vision_encoder(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Ben
             if kernel == "sdpa"
             else {kernel: Side(lambda run=run: run(model))}
         )
+    if settings.compile:
+        sides |= compiled_sides(model, pixel_values, settings, sides)
     measurements = measure(sides, settings)
     peak = peak_tflops(settings)
     achieved = {name: flops / measurement.median / 1e12 for name, measurement in measurements.items()}
