@@ -174,6 +174,24 @@ def test_kernels_give_eager_hidden_states(inputs, attn_implementation):
         torch.testing.assert_close(got[mask], want[mask], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("cls", [MPLUGForQuestionAnswering, MPLUGVisionModel])
+def test_set_attn_implementation_reaches_every_sub_config_without_warnings(inputs, cls):
+    """The sub-models share one MPLUGConfig, so no sub-model owns the text/vision sub-configs the layers read: switching
+    the kernel sets them all, quietly, and an unknown kernel is refused."""
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    model = build(cls)
+    for implementation in ("sdpa", "mplug_fused", "eager"):
+        with CaptureLogger(logging.get_logger("transformers.modeling_utils")) as captured:
+            model.set_attn_implementation(implementation)
+        assert captured.out == ""
+        configs = (model.config, model.config.text_config, model.config.vision_config)
+        assert [config._attn_implementation for config in configs] == [implementation] * 3
+    with pytest.raises(ValueError, match="not supported"):
+        model.set_attn_implementation("no-such-kernel")
+
+
 @pytest.mark.parametrize("cls", [MPLUGForQuestionAnswering, MPLUGForCaptioning])
 def test_generation_with_and_without_cache_agree(inputs, cls):
     model = build(cls)

@@ -338,6 +338,18 @@ class MPLUGTextPreTrainedModel(PreTrainedModel):
                 sub_config._attn_implementation_internal = resolved
         return resolved
 
+    def set_attn_implementation(self, attn_implementation: str | dict, allow_all_kernels: bool = False):
+        # Every sub-model holds the one MPLUGConfig while its layers read the text/vision sub-configs, which therefore
+        # belong to no sub-model: transformers would set those "in the dark" with a warning. Give them the checked
+        # implementation first (a dict request names each sub-config itself and goes through as given).
+        if isinstance(attn_implementation, str):
+            attn_implementation = self._check_and_adjust_attn_implementation(
+                attn_implementation, is_init_check=False, allow_all_kernels=allow_all_kernels
+            )
+            for key in self.config.sub_configs:
+                getattr(self.config, key)._attn_implementation_internal = attn_implementation
+        super().set_attn_implementation(attn_implementation, allow_all_kernels=allow_all_kernels)
+
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
