@@ -21,6 +21,10 @@ import transformers
 from mplug_hf import MPLUGConfig
 
 
+# mPLUG-large's skip-connection stride: with its 6 fusion layers none is connected, so the image tokens stay the same
+JUDGE_STRIDE_LAYER = 6
+
+
 @dataclass
 class BenchmarkSettings:
     """What every benchmark reads. `repeats` timed runs per side at most; a side also stops once its runs have taken
@@ -42,7 +46,8 @@ class BenchmarkSettings:
     dpg_items: int = 4
     dpg_crops: int = 4
     dpg_questions: int = 15
-    dpg_stride_layer: int | None = None  # the DPG benchmark's fusion schedule (None: the config's)
+    # the DPG benchmark's fusion schedule: mPLUG-large's (no connected layer), the judge's (None: the config's)
+    dpg_stride_layer: int | None = JUDGE_STRIDE_LAYER
     peak_tflops: float | None = None
     seed: int = 0
     # lower-precision variants of each fast path, timed beside it (see PRECISIONS); float32 runs only

@@ -5,8 +5,9 @@ crop and one question, encode, beam search, decode; sdpa attention) against `mpl
 `load_vqa_judge` loads it, on `mplug_fused` attention (every crop encoded once for all its questions, all crops of all
 items in one batch, the beams sharing their question's memory; see `VQAJudge`), the latter also in bfloat16, and
 `--score p_yes` (P(yes) > P(no) from the first answer token, no beam search) with its agreement with the string rule.
-`dpg_stride_layer` sets the fusion schedule (default mPLUG-base's S=3; 6 is that of mPLUG-large, the benchmarks'
-judge, whose fusion keeps the image tokens)."""
+`dpg_stride_layer` sets the fusion schedule: by default S=6, that of mPLUG-large, the benchmarks' judge, whose fusion
+keeps the image tokens (so the questions about a crop share its decoder memory), at the model size asked for; S=3 is
+mPLUG-base's, where every question has its own memory."""
 
 import numpy as np
 import torch

@@ -19,7 +19,7 @@ import torch
 from mplug_hf import MPLUGConfig
 
 from .blip import blip_comparison
-from .common import PRECISIONS, BenchmarkSettings, describe_machine, format_report
+from .common import JUDGE_STRIDE_LAYER, PRECISIONS, BenchmarkSettings, describe_machine, format_report
 from .dpg_bench import dpg_scoring
 from .fusion import fusion_encoder
 from .generation import caption_generation, vqa_generation
@@ -76,7 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--dpg-stride-layer",
         type=int,
-        help="DPG fusion stride S (default 3, mPLUG-base's; 6: mPLUG-large's, the judge's)",
+        default=JUDGE_STRIDE_LAYER,
+        help="DPG fusion stride S (default 6: mPLUG-large's, the judge's, whose fusion keeps the image tokens; 3: "
+        "mPLUG-base's)",
     )
     parser.add_argument(
         "--peak-tflops", type=float, help="the device's peak TFLOP/s for MFU (default: data sheet of known GPUs)"

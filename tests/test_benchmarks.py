@@ -154,6 +154,28 @@ def test_tiled_rank_answers_equals_rank_answers(inputs):
     torch.testing.assert_close(tiled_probs, topk_probs, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_vision_benchmark_compiles_each_precision_beside_eager():
+    """`--compile`: the sdpa side and each bf16 variant again under torch.compile, on their own model copies, with
+    features close to float32 eager."""
+    from benchmarks.vision import vision_encoder
+
+    settings = settings_from_args(parse_args(["--compile", "--batch-size", "2", "--quick"]))
+    assert settings.compile
+    [result] = vision_encoder(bench_config(), settings)
+    compiled = [row.method for row in result.rows if row.method.endswith("torch.compile")]
+    assert compiled == [
+        "sdpa · torch.compile", "sdpa · bfloat16 weights · torch.compile",
+        "sdpa · bfloat16 autocast, float32 weights · torch.compile",
+    ]  # fmt: skip
+    differences = {
+        note.split(": max")[0]: float(re.search(r"features\| ([0-9.e+-]+)", note).group(1))
+        for note in result.notes
+        if "torch.compile: max" in note
+    }
+    assert differences["sdpa · torch.compile"] < 1e-4 and max(differences.values()) < 0.5
+
+
 def test_vision_benchmark_counts_the_encoder_flops_and_reports_mfu():
     from benchmarks.vision import vision_encoder
 
