@@ -135,6 +135,45 @@ def test_evaluate_vqa_generates_answers_in_the_result_format(tmp_path, image_fil
     assert "accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("script, task", [("evaluate_vqa", "vqa"), ("evaluate_caption", "caption")])
+def test_evaluation_scripts_run_in_bfloat16_with_the_bf16_model(tmp_path, image_files, model_dirs, script, task):
+    """`--dtype bfloat16` loads the head in bfloat16 (issue 21) and the results are that model's: the answers or
+    captions of the head loaded the same way."""
+    if task == "vqa":
+        records = [{"question_id": i, "image": name, "question": q, "answer": ["red"]}
+                   for i, (name, q) in enumerate(zip(image_files[:3], ["what color?", "is it red?", "how many?"]))]  # fmt: skip
+    else:
+        records = [{"image": name, "caption": ["a red square"]} for name in image_files[:3]]
+    data = write_json(tmp_path / f"{task}.json", records)
+    loaded_dtypes = []
+    original_from_pretrained = HEADS[task].from_pretrained.__func__
+
+    def recording_from_pretrained(cls, *args, **kwargs):
+        model = original_from_pretrained(cls, *args, **kwargs)
+        loaded_dtypes.append(model.dtype)
+        return model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HEADS[task], "from_pretrained", classmethod(recording_from_pretrained))
+        load_script(script).main(
+            ["--model", str(model_dirs[task]), "--data", str(data), "--output-dir", str(tmp_path / "out"),
+             "--max-length", "4", "--dtype", "bfloat16"] + (["--min-length", "1", "--backend", "python"] if task == "caption" else [])
+        )  # fmt: skip
+    assert loaded_dtypes == [torch.bfloat16]
+    model = HEADS[task].from_pretrained(model_dirs[task], dtype=torch.bfloat16).eval()
+    processor = MPLUGProcessor.from_pretrained(model_dirs[task])
+    images = [Image.open(tmp_path / r["image"]) for r in records]
+    if task == "vqa":
+        inputs = processor(images=images, text=[r["question"] for r in records])
+        expected = generate_answer_original(model, **inputs, num_beams=5, min_length=1, max_length=4)
+        written = [p["answer"] for p in read_json(tmp_path / "out" / "vqa_result.json")]
+    else:
+        inputs = processor(images=images)
+        expected = generate_caption_original(model, inputs["pixel_values"].bfloat16(), min_length=1, max_length=4)
+        written = [p["caption"] for p in read_json(tmp_path / "out" / "caption_result.json")]
+    assert written == processor.batch_decode(expected.sequences[:, 0], skip_special_tokens=True)
+
+
 def test_evaluate_vqa_ranks_an_answer_list_from_jsonl_with_mapped_columns(tmp_path, image_files, model_dirs):
     answer_list = ["red", "green", "blue", "two", "a small dog"]
     write_json(tmp_path / "answers.json", {answer: index for index, answer in enumerate(answer_list)})

@@ -310,6 +310,29 @@ def test_dpg_p_yes_rule(workspace, tmp_path):
     assert string["summary"]["p_yes_agreement"] == pytest.approx(agreement)
 
 
+def test_dpg_in_bfloat16_loads_a_bf16_judge_on_the_fused_kernels(workspace, tmp_path, monkeypatch):
+    """`--dtype bfloat16` (issue 21): the judge is loaded in bfloat16 on `mplug_fused` (on the CPU its half-precision
+    attention is the matmul kernel), P(yes) stays close to float32's, and the scores follow the rules."""
+    import mplug_hf.t2i_benchmarks as t2i
+
+    judges = []
+    original_load = t2i.load_vqa_judge
+
+    def recording_load(*args, **kwargs):
+        judges.append(original_load(*args, **kwargs))
+        return judges[-1]
+
+    monkeypatch.setattr(t2i, "load_vqa_judge", recording_load)
+    bf16 = run_dpg(workspace, tmp_path / "bf16.txt", "--dtype", "bfloat16", "--score", "p_yes")
+    float32 = run_dpg(workspace, tmp_path / "fp32.txt", "--score", "p_yes")
+    assert [judge.model.dtype for judge in judges] == [torch.bfloat16, torch.float32]
+    assert {judge.model.config._attn_implementation for judge in judges} == {"mplug_fused"}
+    assert [row["question"] for row in bf16["detail"]] == [row["question"] for row in float32["detail"]]
+    assert max(abs(a["p_yes"] - b["p_yes"]) for a, b in zip(bf16["detail"], float32["detail"])) < 0.05
+    score, categories = expected_fixed(workspace / "dpg.csv", bf16["detail"], sorted(os.listdir(workspace / "images")))
+    assert bf16["summary"]["dpg_bench_score"] == pytest.approx(score, abs=1e-12)
+
+
 def without_output_paths(out):
     results = "\n".join(line for line in out["results"].splitlines() if not line.startswith("Save results to"))
     return {**out, "results": results}
