@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """
-`attn_implementation="mplug_fused"`: sdpa kernels everywhere (half-precision matmuls on the CPU,
+`attn_implementation="mplug_fused"`: sdpa kernels everywhere (bf16 matmuls on the CPU,
 [`fused_attention_forward`]), plus two exact shortcuts for cross-attention that only
 pay off because of mPLUG's structure. The model reaches them through one hook, [`cross_attention_shortcuts`], which
 returns `None` for every other implementation.
@@ -67,12 +67,13 @@ def matmul_attention_forward(
 
 def fused_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """
-    The `mplug_fused` kernel: sdpa, except for bfloat16/float16 on the CPU, where torch's flash kernel runs far below
-    the CPU's half-precision matmuls (measured with `avx512_bf16`, one thread: a folded VQA cross-attention 29 ms in
-    sdpa against 11 ms as [`matmul_attention_forward`], a decoding step 0.95 ms against 0.37 ms).
+    The `mplug_fused` kernel: sdpa, except for bfloat16 on the CPU, where torch's flash kernel runs far below the CPU's
+    bf16 matmuls (measured with `avx512_bf16`, one thread: a folded VQA cross-attention 29 ms in sdpa against 11 ms as
+    [`matmul_attention_forward`], a decoding step 0.95 ms against 0.37 ms). Not float16: CPUs without float16
+    arithmetic run its matmuls 5–9× slower than sdpa.
     """
     attend = sdpa_attention_forward
-    if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16):
+    if query.device.type == "cpu" and query.dtype == torch.bfloat16:
         attend = matmul_attention_forward
     return attend(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
