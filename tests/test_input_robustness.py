@@ -246,3 +246,13 @@ def test_task_functions_refuse_the_wrong_head_by_name(tiny_heads, questions):
     for message, call in calls.items():
         with pytest.raises(TypeError, match=message):
             call()
+    # the grounding and pre-training heads also decode over the fused memory, but their decoders write boxes and
+    # captions: answering with them would be silently wrong
+    from mplug_hf import MPLUGForGrounding, MPLUGForPreTraining
+
+    for other_head in (MPLUGForGrounding(vqa.config).eval(), MPLUGForPreTraining(vqa.config).eval()):
+        name = type(other_head).__name__
+        with pytest.raises(TypeError, match=f"score_yes_no needs a MPLUGForQuestionAnswering, got {name}"):
+            score_yes_no(other_head, ids, pixels, 2748, 2053)
+        with pytest.raises(TypeError, match=f"rank_answers needs a MPLUGForQuestionAnswering, got {name}"):
+            rank_answers(other_head, ids, pixels, candidates, torch.ones_like(candidates), k=1)

@@ -216,7 +216,7 @@ def generate_caption_original(
     The original caption decoding of an [`MPLUGForCaptioning`] (beam 5, min 8, max 25 for COCO): the decoder attends
     to the image tokens only. `prompt_ids` `(1 or batch, prompt_length)` starts every caption (e.g. "a picture of").
     """
-    check_head(model, "generate_caption_original", "MPLUGForCaptioning", "vision_model", "text_decoder")
+    check_head(model, "generate_caption_original", "MPLUGForCaptioning")
     memory = model.vision_model(pixel_values, return_dict=True).last_hidden_state
     if prompt_ids is not None and prompt_ids.shape[0] == 1 and memory.shape[0] > 1:
         prompt_ids = prompt_ids.expand(memory.shape[0], -1)
@@ -241,7 +241,7 @@ def generate_answer_original(
     The original VQA decoding of an [`MPLUGForQuestionAnswering`] (beam 5, min 1, max 10) over the fused memory of
     each question; `image_indices[q]` is the image of question q when questions share images (each encoded once).
     """
-    check_head(model, "generate_answer_original", "MPLUGForQuestionAnswering", "mplug", "text_decoder")
+    check_head(model, "generate_answer_original", "MPLUGForQuestionAnswering")
     encoded = encode_image_questions(model, input_ids, pixel_values, attention_mask, image_indices)
     return original_beam_search(
         model.text_decoder,

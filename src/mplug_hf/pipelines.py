@@ -18,6 +18,7 @@ from transformers.pipelines import PIPELINE_REGISTRY, REMOVED_TASKS
 from .image_processing_mplug import load_image
 from .processing_mplug import MPLUGProcessor
 from .scoring import rank_answers, score_yes_no
+from .validation import is_head
 
 
 TASK = "visual-question-answering"
@@ -37,12 +38,6 @@ def _load_pipeline_image(image):
 
 def _is_positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
-def _answers_over_fused_memory(model) -> bool:
-    """Whether `model` is a VQA head (an encoder-decoder whose decoder reads the multimodal encoder's memory), as the
-    scoring functions need; a class check would miss the same head loaded as remote code."""
-    return getattr(model, "is_encoder_decoder_model", False) and getattr(model, "mplug", None) is not None
 
 
 def _validate_question(question) -> str:
@@ -178,7 +173,7 @@ class VisualQuestionAnsweringPipeline(Pipeline):
         if yes_no:
             if candidate_answers is not None:
                 raise ValueError("pass either yes_no=True or candidate_answers, not both")
-            if not _answers_over_fused_memory(self.model):
+            if not is_head(self.model, "MPLUGForQuestionAnswering"):
                 raise ValueError(
                     f"yes_no needs a VQA model (MPLUGForQuestionAnswering), got {type(self.model).__name__}"
                 )
@@ -195,7 +190,7 @@ class VisualQuestionAnsweringPipeline(Pipeline):
         return {}, forward_params, postprocess_params
 
     def _encode_candidates(self, candidate_answers):
-        if not _answers_over_fused_memory(self.model):
+        if not is_head(self.model, "MPLUGForQuestionAnswering"):
             raise ValueError(
                 f"candidate_answers needs a VQA model (MPLUGForQuestionAnswering), got {type(self.model).__name__}"
             )

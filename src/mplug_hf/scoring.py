@@ -131,7 +131,7 @@ def rank_answers(
     Returns:
         `(topk_ids, topk_probs)`, each `(batch, k)`: indices into the candidate list, best first.
     """
-    check_head(model, "rank_answers", "MPLUGForQuestionAnswering", "mplug", "text_decoder")
+    check_head(model, "rank_answers", "MPLUGForQuestionAnswering")
     num_candidates = candidate_ids.shape[0] if candidate_ids is not None else 0
     if num_candidates == 0:
         raise ValueError("the candidate answer list is empty")
@@ -184,7 +184,7 @@ def score_yes_no(
     Returns:
         `(num_questions,)` probabilities of "yes".
     """
-    check_head(model, "score_yes_no", "MPLUGForQuestionAnswering", "mplug", "text_decoder")
+    check_head(model, "score_yes_no", "MPLUGForQuestionAnswering")
     vocab_size = model.config.text_config.vocab_size
     token_ids = {}
     for name, token_id in (("yes_token_id", yes_token_id), ("no_token_id", no_token_id)):
@@ -234,7 +234,7 @@ def choose(
     Returns:
         `(choice, scores)`: `(num_questions,)` best option and `(num_questions, num_choices)` scores (-inf: padding).
     """
-    check_head(model, "choose", "MPLUGForQuestionAnswering", "mplug", "text_decoder")
+    check_head(model, "choose", "MPLUGForQuestionAnswering")
     if encoder_outputs is None:
         encoder_outputs = encode_image_questions(model, input_ids, pixel_values, attention_mask, image_indices)
     num_questions = encoder_outputs.last_hidden_state.shape[0]
@@ -323,7 +323,7 @@ def retrieve(
     Returns:
         `(scores_i2t (num_images, num_texts), scores_t2i (num_texts, num_images))`.
     """
-    check_head(model, "retrieve", "MPLUGForRetrieval", "contrastive", "get_image_features")
+    check_head(model, "retrieve", "MPLUGForRetrieval")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     if attention_mask.shape != input_ids.shape:

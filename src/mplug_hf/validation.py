@@ -158,7 +158,27 @@ def load_with_finite_weights(
     return loaded
 
 
-def check_head(model, function: str, expected: str, *attributes: str) -> None:
-    """A task function over a head refuses any other model by name (instead of an AttributeError deep inside)."""
-    if not all(hasattr(model, attribute) for attribute in attributes):
+# What the task functions need of a head, told by its parts rather than its class (the same head loaded as remote code
+# is another class). The grounding and pre-training heads also decode over the fused memory, but they are not
+# encoder-decoders: their decoders write boxes and captions, not answers.
+HEAD_SIGNATURES = {
+    "MPLUGForQuestionAnswering": lambda model: (
+        bool(getattr(model, "is_encoder_decoder_model", False))
+        and hasattr(model, "mplug")
+        and hasattr(model, "text_decoder")
+    ),
+    "MPLUGForCaptioning": lambda model: hasattr(model, "vision_model") and hasattr(model, "text_decoder"),
+    "MPLUGForRetrieval": lambda model: hasattr(model, "contrastive") and hasattr(model, "get_image_features"),
+}
+
+
+def is_head(model, expected: str) -> bool:
+    """Whether `model` is the head `expected` (a key of `HEAD_SIGNATURES`) as far as the task functions are concerned."""
+    return HEAD_SIGNATURES[expected](model)
+
+
+def check_head(model, function: str, expected: str) -> None:
+    """A task function over a head refuses any other model by name (instead of an AttributeError deep inside, or a
+    silent answer from a decoder trained for another task)."""
+    if not is_head(model, expected):
         raise TypeError(f"{function} needs a {expected}, got {type(model).__name__}")
