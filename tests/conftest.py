@@ -50,6 +50,15 @@ def tiny_config(**overrides) -> MPLUGConfig:
     return MPLUGConfig(**values)
 
 
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """The scripts that tests run in-process set torch's process-wide thread count (`--threads`): restore it, so that a
+    later test computes with the same threads (and float sums) whichever tests ran before it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def config() -> MPLUGConfig:
     return tiny_config()
