@@ -256,6 +256,16 @@ def precision_variant(model: torch.nn.Module, precision: str, settings: Benchmar
     raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
 
 
+def lower_precisions(settings: BenchmarkSettings) -> tuple[str, ...]:
+    """The `settings.precisions` timed beside each fast path: none where the benchmark does not run in float32."""
+    return settings.precisions if settings.dtype == torch.float32 else ()
+
+
+def precision_side_name(name: str, precision: str) -> str:
+    """The row label of side `name` in `precision`."""
+    return f"{name} · {PRECISIONS[precision]}"
+
+
 def precision_sides(
     name: str,
     model: torch.nn.Module,
@@ -267,16 +277,14 @@ def precision_sides(
     [`precision_variant`]s of `model`. Only the side itself where the benchmark does not run in float32 (e.g.
     `--dtype bfloat16` on a GPU)."""
     sides = {name: Side(run=lambda: run(model), warmup=warmup and (lambda: warmup(model)))}
-    if settings.dtype != torch.float32:
-        return sides
-    for precision in settings.precisions:
+    for precision in lower_precisions(settings):
         variant, context = precision_variant(model, precision, settings)
 
         def in_precision(work, variant=variant, context=context):
             with context():
                 return work(variant)
 
-        sides[f"{name} · {PRECISIONS[precision]}"] = Side(
+        sides[precision_side_name(name, precision)] = Side(
             run=lambda in_precision=in_precision: in_precision(run),
             warmup=warmup and (lambda in_precision=in_precision: in_precision(warmup)),
             float32_side=name,

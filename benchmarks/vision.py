@@ -12,14 +12,15 @@ from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_availa
 from mplug_hf import MPLUGConfig, MPLUGModel
 
 from .common import (
-    PRECISIONS,
     BenchmarkResult,
     BenchmarkSettings,
     Side,
     build_model,
+    lower_precisions,
     make_result,
     measure,
     precision_notes,
+    precision_side_name,
     precision_sides,
     precision_variant,
     random_images,
@@ -83,16 +84,16 @@ def encoder_flops(encode, config: MPLUGConfig, batch_size: int) -> int:
     return counted + attention_flops(config, batch_size)
 
 
-def compiled_sides(model, pixel_values: torch.Tensor, settings: BenchmarkSettings, sides: dict) -> dict[str, Side]:
+def compiled_sides(model, pixel_values: torch.Tensor, settings: BenchmarkSettings) -> dict[str, Side]:
     """The sdpa side and its precision variants again under `torch.compile`, each on its own copy of the model (the
     benchmark switches the shared model's kernel, which would recompile), compiled by its warm-up call and compared
     with float32 sdpa in eager mode."""
     compiled = {}
-    for name in [name for name in sides if name.startswith("sdpa")]:
-        variant, context = copy.deepcopy(model), contextlib.nullcontext
-        precision = next((key for key, label in PRECISIONS.items() if name.endswith(label)), None)
+    for precision in (None, *lower_precisions(settings)):
+        variant, context, name = copy.deepcopy(model), contextlib.nullcontext, "sdpa"
         if precision is not None:
             variant, context = precision_variant(variant, precision, settings)
+            name = precision_side_name(name, precision)
         set_attention_implementation(variant.config, "sdpa")
         encode = torch.compile(variant.get_image_features)
 
@@ -130,7 +131,7 @@ def vision_encoder(config: MPLUGConfig, settings: BenchmarkSettings) -> list[Ben
             else {kernel: Side(lambda run=run: run(model))}
         )
     if settings.compile:
-        sides |= compiled_sides(model, pixel_values, settings, sides)
+        sides |= compiled_sides(model, pixel_values, settings)
     measurements = measure(sides, settings)
     peak = peak_tflops(settings)
     achieved = {name: flops / measurement.median / 1e12 for name, measurement in measurements.items()}
