@@ -182,14 +182,21 @@ def test_set_attn_implementation_reaches_every_sub_config_without_warnings(input
     from transformers.utils import logging
 
     model = build(cls)
-    for implementation in ("sdpa", "mplug_fused", "eager"):
+    for implementation, expected in (
+        ("sdpa", "sdpa"),
+        ("mplug_fused", "mplug_fused"),
+        ("eager", "eager"),
+        (None, "sdpa"),
+    ):
         with CaptureLogger(logging.get_logger("transformers.modeling_utils")) as captured:
-            model.set_attn_implementation(implementation)
+            model.set_attn_implementation(implementation)  # None: the default kernel
         assert captured.out == ""
         configs = (model.config, model.config.text_config, model.config.vision_config)
-        assert [config._attn_implementation for config in configs] == [implementation] * 3
+        assert [config._attn_implementation for config in configs] == [expected] * 3
     with pytest.raises(ValueError, match="not supported"):
         model.set_attn_implementation("no-such-kernel")
+    with pytest.raises(TypeError, match="attn_implementation must be a kernel name .* got int"):
+        model.set_attn_implementation(2)
 
 
 @pytest.mark.parametrize("cls", [MPLUGForQuestionAnswering, MPLUGForCaptioning])

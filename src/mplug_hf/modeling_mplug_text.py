@@ -338,11 +338,16 @@ class MPLUGTextPreTrainedModel(PreTrainedModel):
                 sub_config._attn_implementation_internal = resolved
         return resolved
 
-    def set_attn_implementation(self, attn_implementation: str | dict, allow_all_kernels: bool = False):
+    def set_attn_implementation(self, attn_implementation: str | dict | None, allow_all_kernels: bool = False):
         # Every sub-model holds the one MPLUGConfig while its layers read the text/vision sub-configs, which therefore
         # belong to no sub-model: transformers would set those "in the dark" with a warning. Give them the checked
         # implementation first (a dict request names each sub-config itself and goes through as given).
-        if isinstance(attn_implementation, str):
+        if attn_implementation is not None and not isinstance(attn_implementation, (str, dict)):
+            raise TypeError(
+                "attn_implementation must be a kernel name (e.g. 'sdpa', 'eager', 'mplug_fused') or a dict of them per "
+                f"sub-config, got {type(attn_implementation).__name__}"
+            )
+        if not isinstance(attn_implementation, dict):  # a name, or None for the default
             attn_implementation = self._check_and_adjust_attn_implementation(
                 attn_implementation, is_init_check=False, allow_all_kernels=allow_all_kernels
             )
